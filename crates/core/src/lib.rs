@@ -1,0 +1,1 @@
+//! Domain model and JSON report types of balena-release-update.

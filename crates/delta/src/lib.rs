@@ -1,0 +1,1 @@
+//! balena v3 delta images: build, self-check and apply.

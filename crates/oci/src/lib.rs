@@ -1,0 +1,1 @@
+//! OCI image access: layouts, docker-archive, Distribution registries.

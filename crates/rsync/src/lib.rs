@@ -1,0 +1,1 @@
+//! librsync delta format (encoder, streaming decoder) and a byte-granular matcher.
