@@ -1,0 +1,80 @@
+//! Backend-neutral domain model: what a [`crate::ReleaseSource`] returns.
+
+use std::fmt;
+
+/// How a release is named by the user: a numeric id or a commit hash prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseRef {
+    /// A release id.
+    Id(u64),
+    /// A prefix of the release commit hash (matched with `startswith`).
+    Commit(String),
+}
+
+impl fmt::Display for ReleaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseRef::Id(id) => write!(f, "{id}"),
+            ReleaseRef::Commit(prefix) => f.write_str(prefix),
+        }
+    }
+}
+
+/// A successful release with the images of its services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// Release id.
+    pub id: u64,
+    /// Full commit hash.
+    pub commit: String,
+    /// Id of the application (fleet) the release belongs to.
+    pub application_id: u64,
+    /// One entry per service.
+    pub images: Vec<ServiceImage>,
+}
+
+/// The image a release uses for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceImage {
+    /// Service name from the composition.
+    pub service_name: String,
+    /// Image id.
+    pub image_id: u64,
+}
+
+/// A successfully built image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Image id.
+    pub id: u64,
+    /// Registry location of the image.
+    pub location: String,
+    /// Content hash (`sha256:…`) when known.
+    pub content_hash: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A delta row (version 3) between two images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// Delta id.
+    pub id: u64,
+    /// Status as stored by the backend (`success`, `running`, …).
+    pub status: String,
+    /// Delta format version.
+    pub version: u32,
+    /// Registry location of the delta image, when built.
+    pub location: Option<String>,
+    /// Size of the delta in bytes.
+    pub size: u64,
+}
+
+/// The answer of a [`crate::DeltaService`] to a delta request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaTrigger {
+    /// The delta exists.
+    Ready,
+    /// The delta is being built; ask again later.
+    Building,
+}
