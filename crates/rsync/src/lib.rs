@@ -4,11 +4,16 @@
 //! (see the librsync format; balena-engine applies these streams with librsync-go).
 //! * [`DeltaWriter`] encodes a stream from LITERAL/COPY operations.
 //! * [`patch`] applies a stream to a basis ([`ReadAt`]) with bounded memory and strict checks.
+//! * [`BasisIndex`] and [`diff`] find byte-granular COPYs against a whole basis and write the
+//!   stream; [`Hint`]s (e.g. from [`tar::hints`]) point target ranges at their likely old bytes.
 
 mod encode;
 mod format;
+mod matcher;
 mod patch;
+pub mod tar;
 
 pub use encode::{DeltaStats, DeltaWriter};
 pub use format::{copy_cost, literal_header_cost, DELTA_MAGIC};
+pub use matcher::{diff, BasisIndex, Hint, MatchOptions};
 pub use patch::{patch, PatchError, ReadAt};

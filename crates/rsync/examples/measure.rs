@@ -1,0 +1,118 @@
+//! Measures the matcher on real layers (a benchmark aid, not a test).
+//!
+//! usage: measure BASIS_TAR [BASIS_TAR...] -- TARGET_TAR [TARGET_TAR...] [--no-hints] [--rdiff]
+//!        [--out DIR] [--window N] [--spacing N] [--min-copy N] [--min-rep N] [--hint-window N]
+//!        [--max-chain N] [--threads N] [--chunk N]
+//!
+//! The basis is the concatenation of the BASIS_TARs (as balena-engine builds it). For every target
+//! layer it prints raw and gzip -6 delta bytes, op counts and seconds, checks the round trip with
+//! our `patch`, and with `--rdiff` also with `rdiff patch` (the delta is written to --out or /tmp).
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+use bru_rsync::{diff, patch, tar, BasisIndex, MatchOptions};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = MatchOptions::default();
+    let (mut basis_files, mut target_files) = (Vec::new(), Vec::new());
+    let (mut hints_on, mut rdiff, mut out_dir) = (true, false, std::env::temp_dir());
+    let mut in_target = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = || -> usize { it.next().and_then(|v| v.parse().ok()).expect("number") };
+        match a.as_str() {
+            "--" => in_target = true,
+            "--no-hints" => hints_on = false,
+            "--rdiff" => rdiff = true,
+            "--out" => out_dir = it.next().expect("dir").into(),
+            "--window" => opts.window = num(),
+            "--spacing" => opts.anchor_spacing = num(),
+            "--min-copy" => opts.min_copy = num(),
+            "--min-rep" => opts.min_rep_copy = num(),
+            "--hint-window" => opts.hint_window = num(),
+            "--max-chain" => opts.max_chain = num(),
+            "--threads" => opts.threads = num(),
+            "--chunk" => opts.chunk_size = num(),
+            "--index-mb" => opts.max_index_bytes = num() << 20,
+            f if in_target => target_files.push(f.to_string()),
+            f => basis_files.push(f.to_string()),
+        }
+    }
+    let mut basis = Vec::new();
+    for f in &basis_files {
+        basis.extend(std::fs::read(f).expect("read basis"));
+    }
+    let t0 = Instant::now();
+    let index = BasisIndex::new(&basis, opts.clone());
+    let index_s = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "basis {} B, index {} MiB built in {index_s:.2} s, {opts:?}",
+        basis.len(),
+        index.index_bytes() >> 20
+    );
+    let (mut tot_raw, mut tot_gz, mut tot_s) = (0u64, 0u64, index_s);
+    for f in &target_files {
+        let target = std::fs::read(f).expect("read target");
+        let t1 = Instant::now();
+        let hints = if hints_on {
+            tar::hints(&basis, &target)
+        } else {
+            Vec::new()
+        };
+        let hint_s = t1.elapsed().as_secs_f64();
+        let mut delta = Vec::new();
+        let stats = diff(&index, &target, &hints, &mut delta).expect("diff");
+        let diff_s = t1.elapsed().as_secs_f64();
+        let mut gz = GzEncoder::new(Vec::new(), Compression::new(6));
+        gz.write_all(&delta).unwrap();
+        let gz = gz.finish().unwrap();
+        let gz_s = t1.elapsed().as_secs_f64();
+        let mut rebuilt = Vec::with_capacity(target.len());
+        patch(&basis, &delta[..], &mut rebuilt).expect("patch");
+        assert!(rebuilt == target, "round trip failed for {f}");
+        drop(rebuilt);
+        let name = std::path::Path::new(f)
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        let rd = if rdiff {
+            let d = out_dir.join(format!("{name}.delta"));
+            std::fs::write(&d, &delta).unwrap();
+            let bpath = out_dir.join("basis.tar");
+            std::fs::write(&bpath, &basis).unwrap();
+            let o = out_dir.join(format!("{name}.rebuilt"));
+            let ok = Command::new("rdiff")
+                .arg("patch")
+                .arg(&bpath)
+                .arg(&d)
+                .arg(&o)
+                .status()
+                .unwrap()
+                .success()
+                && std::fs::read(&o).unwrap() == target;
+            let _ = std::fs::remove_file(&o);
+            let _ = std::fs::remove_file(&bpath);
+            if ok {
+                " rdiff-ok"
+            } else {
+                " RDIFF-FAILED"
+            }
+        } else {
+            ""
+        };
+        println!(
+            "{name}: raw {} gz {} | copies {} ({} B) literals {} ({} B) | hints {} ({hint_s:.2}s) diff {:.2}s gzip {:.2}s{rd}",
+            stats.delta_bytes, gz.len(), stats.copy_ops, stats.copy_bytes, stats.literal_ops,
+            stats.literal_bytes, hints.len(), diff_s - hint_s, gz_s - diff_s
+        );
+        tot_raw += stats.delta_bytes;
+        tot_gz += gz.len() as u64;
+        tot_s += gz_s;
+    }
+    println!("TOTAL raw {tot_raw} gz {tot_gz} seconds {tot_s:.2}");
+}

@@ -1,0 +1,709 @@
+//! Byte-granular matcher: finds COPYs of any offset and length against a whole basis.
+//!
+//! * A global index over the basis stores the positions of content-defined anchors: windows of
+//!   `window` bytes whose rolling hash has its top bits clear (about one position in
+//!   `anchor_spacing`). The table is a flat array of `u32` positions, filled by several threads
+//!   with `fetch_max`, so its contents do not depend on the thread count.
+//! * For each target position without a match, candidates come from (1) the diagonals of the
+//!   last few COPYs (a changed field or a shifted instruction leaves the next bytes on the same
+//!   diagonal), (2) a dense hash-chain index of the hinted basis range (built lazily per hint),
+//!   and (3) the global index when the target window is an anchor. Every candidate is extended
+//!   forwards and backwards (eating into the pending literal); the longest wins.
+//! * The target is cut into fixed-size chunks matched in parallel and stitched in order, so the
+//!   output is the same whatever the number of threads.
+
+use std::io::{self, Write};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::encode::{DeltaStats, DeltaWriter};
+
+/// Tuning of the matcher. The defaults were chosen from measurements (see `DESIGN.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MatchOptions {
+    /// Length of the rolling-hash window of the global index.
+    pub window: usize,
+    /// About one basis position in `anchor_spacing` is indexed (a power of two).
+    pub anchor_spacing: usize,
+    /// Upper bound of the global table, in bytes (rounded down to a power of two of `u32` slots).
+    pub max_index_bytes: usize,
+    /// Window of the dense per-hint index (4–8 bytes).
+    pub hint_window: usize,
+    /// Longest hash chain walked in a hint index.
+    pub max_chain: usize,
+    /// Largest number of positions indexed per hint; longer hinted ranges are sampled.
+    pub max_hint_positions: usize,
+    /// Shortest COPY emitted from the global or hint index.
+    pub min_copy: usize,
+    /// Shortest COPY emitted on the diagonal of a recent COPY.
+    pub min_rep_copy: usize,
+    /// Target bytes matched per work item; fixed so that output does not depend on `threads`.
+    pub chunk_size: usize,
+    /// Worker threads for index build and matching (0 = available parallelism).
+    pub threads: usize,
+}
+
+impl Default for MatchOptions {
+    fn default() -> Self {
+        Self {
+            window: 32,
+            anchor_spacing: 16,
+            max_index_bytes: 64 << 20,
+            hint_window: 8,
+            max_chain: 32,
+            max_hint_positions: 1 << 22,
+            min_copy: 12,
+            min_rep_copy: 8,
+            chunk_size: 8 << 20,
+            threads: 0,
+        }
+    }
+}
+
+impl MatchOptions {
+    fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// "This target range probably resembles this basis range" (e.g. a file's old version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// Range of the target.
+    pub target: Range<u64>,
+    /// Range of the basis.
+    pub basis: Range<u64>,
+}
+
+const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+const MIX: u64 = 0xD6E8_FEB8_6659_FD93;
+
+/// Polynomial rolling hash of a fixed-size window.
+#[derive(Debug, Clone, Copy)]
+struct Roll {
+    h: u64,
+    /// `MUL^(window-1)`, to remove the outgoing byte.
+    out_factor: u64,
+}
+
+impl Roll {
+    fn new(window: usize) -> Self {
+        let mut f = 1u64;
+        for _ in 1..window {
+            f = f.wrapping_mul(MUL);
+        }
+        Self {
+            h: 0,
+            out_factor: f,
+        }
+    }
+
+    fn reset(&mut self, bytes: &[u8]) {
+        self.h = bytes.iter().fold(0u64, |h, &b| {
+            h.wrapping_mul(MUL).wrapping_add(u64::from(b) + 1)
+        });
+    }
+
+    fn roll(&mut self, out: u8, inp: u8) {
+        self.h = self
+            .h
+            .wrapping_sub((u64::from(out) + 1).wrapping_mul(self.out_factor))
+            .wrapping_mul(MUL)
+            .wrapping_add(u64::from(inp) + 1);
+    }
+
+    fn mixed(&self) -> u64 {
+        (self.h ^ (self.h >> 29)).wrapping_mul(MIX)
+    }
+}
+
+/// Index of a basis for [`diff`]. Cheap to share between threads (`Sync`).
+#[derive(Debug)]
+pub struct BasisIndex<'a> {
+    basis: &'a [u8],
+    opts: MatchOptions,
+    /// Slot = top `table_bits` of the mixed hash; value = position + 1 (0 = empty).
+    table: Vec<AtomicU32>,
+    table_bits: u32,
+    anchor_bits: u32,
+}
+
+impl<'a> BasisIndex<'a> {
+    /// Indexes `basis` (in production a memory map of all source layer tars). Positions beyond
+    /// 4 GiB are not indexed globally (hints still reach them).
+    pub fn new(basis: &'a [u8], opts: MatchOptions) -> Self {
+        let anchor_bits = opts
+            .anchor_spacing
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros();
+        let expected = (basis.len() >> anchor_bits).max(1);
+        let max_slots = (opts.max_index_bytes / 4).max(1024);
+        let slots = (expected * 2)
+            .next_power_of_two()
+            .min(prev_power_of_two(max_slots));
+        let table_bits = slots.trailing_zeros();
+        let table: Vec<AtomicU32> = (0..slots).map(|_| AtomicU32::new(0)).collect();
+        let index = Self {
+            basis,
+            opts,
+            table,
+            table_bits,
+            anchor_bits,
+        };
+        index.build();
+        index
+    }
+
+    /// The indexed basis.
+    pub fn basis(&self) -> &'a [u8] {
+        self.basis
+    }
+
+    /// The options the index was built with.
+    pub fn options(&self) -> &MatchOptions {
+        &self.opts
+    }
+
+    /// Approximate heap size of the index in bytes.
+    pub fn index_bytes(&self) -> usize {
+        self.table.len() * 4
+    }
+
+    fn build(&self) {
+        let w = self.opts.window;
+        let limit = self.basis.len().min(u32::MAX as usize - 1);
+        if limit < w || w == 0 {
+            return;
+        }
+        let windows = limit - w + 1;
+        let threads = self.opts.thread_count().max(1);
+        let part = windows.div_ceil(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let start = t * part;
+                let end = ((t + 1) * part).min(windows);
+                if start < end {
+                    s.spawn(move || self.build_range(start, end));
+                }
+            }
+        });
+    }
+
+    /// Inserts the anchors among window starts `start..end`.
+    fn build_range(&self, start: usize, end: usize) {
+        let w = self.opts.window;
+        let b = self.basis;
+        let mut roll = Roll::new(w);
+        roll.reset(&b[start..start + w]);
+        let mut i = start;
+        loop {
+            let m = roll.mixed();
+            if self.is_anchor(m) {
+                let slot = self.slot(m);
+                self.table[slot].fetch_max(i as u32 + 1, Ordering::Relaxed);
+            }
+            i += 1;
+            if i >= end {
+                break;
+            }
+            roll.roll(b[i - 1], b[i + w - 1]);
+        }
+    }
+
+    fn is_anchor(&self, mixed: u64) -> bool {
+        self.anchor_bits == 0 || mixed >> (64 - self.anchor_bits) == 0
+    }
+
+    fn slot(&self, mixed: u64) -> usize {
+        // Bits just below the anchor bits (which are all zero for an anchor).
+        ((mixed << self.anchor_bits) >> (64 - self.table_bits)) as usize
+    }
+
+    fn lookup(&self, mixed: u64) -> Option<usize> {
+        match self.table[self.slot(mixed)].load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v as usize - 1),
+        }
+    }
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    if n.is_power_of_two() {
+        n
+    } else {
+        n.next_power_of_two() / 2
+    }
+}
+
+/// Number of equal leading bytes of `a` and `b`.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut i = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+        let y = u64::from_le_bytes([y[0], y[1], y[2], y[3], y[4], y[5], y[6], y[7]]);
+        let d = x ^ y;
+        if d != 0 {
+            return i + (d.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..]
+        .iter()
+        .zip(&b[i..])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// Number of equal trailing bytes of `a` and `b`.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// One command of a chunk's result. Literal ranges are target positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Copy { basis: usize, len: usize },
+    Literal { target: usize, len: usize },
+}
+
+/// Dense hash-chain index of one hinted basis range (reused between hints of a worker).
+#[derive(Debug, Default)]
+struct HintIndex {
+    /// Which hint (index into the normalized list) the tables describe.
+    hint: Option<usize>,
+    base: usize,
+    stride: usize,
+    bits: u32,
+    head: Vec<u32>,
+    prev: Vec<u32>,
+}
+
+fn hash_short(bytes: &[u8], bits: u32) -> usize {
+    let mut v = [0u8; 8];
+    v[..bytes.len()].copy_from_slice(bytes);
+    (u64::from_le_bytes(v).wrapping_mul(MUL) >> (64 - bits)) as usize
+}
+
+impl HintIndex {
+    fn build(&mut self, id: usize, range: &[u8], base: usize, opts: &MatchOptions) {
+        let hw = opts.hint_window;
+        self.hint = Some(id);
+        self.base = base;
+        let windows = (range.len() + 1).saturating_sub(hw);
+        self.stride = windows.div_ceil(opts.max_hint_positions.max(1)).max(1);
+        let n = windows.div_ceil(self.stride);
+        self.bits = (n * 2).next_power_of_two().max(256).trailing_zeros();
+        self.head.clear();
+        self.head.resize(1 << self.bits, u32::MAX);
+        self.prev.clear();
+        self.prev.resize(n, u32::MAX);
+        for k in 0..n {
+            let pos = k * self.stride;
+            let h = hash_short(&range[pos..pos + hw], self.bits);
+            self.prev[k] = self.head[h];
+            self.head[h] = k as u32;
+        }
+    }
+
+    /// Calls `f` with candidate basis positions for the window `bytes`, most recent first.
+    fn candidates(&self, bytes: &[u8], max_chain: usize, mut f: impl FnMut(usize)) {
+        let mut k = self.head[hash_short(bytes, self.bits)];
+        let mut n = 0;
+        while k != u32::MAX && n < max_chain {
+            f(self.base + k as usize * self.stride);
+            k = self.prev[k as usize];
+            n += 1;
+        }
+    }
+}
+
+/// Matches `target` against the index and writes a complete delta stream (magic … END) to `out`.
+///
+/// `hints` may be empty, unsorted or overlapping; ranges outside the inputs are clipped. The
+/// output depends only on the inputs and the index options, not on the thread count.
+pub fn diff<W: Write>(
+    index: &BasisIndex,
+    target: &[u8],
+    hints: &[Hint],
+    out: W,
+) -> io::Result<DeltaStats> {
+    let hints = normalize_hints(hints, index.basis.len(), target.len());
+    let chunk = index.opts.chunk_size.max(1 << 16);
+    let chunks = target.len().div_ceil(chunk);
+    let results: Vec<Mutex<Vec<Op>>> = (0..chunks).map(|_| Mutex::new(Vec::new())).collect();
+    let next = AtomicUsize::new(0);
+    let threads = index.opts.thread_count().min(chunks).max(1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut m = ChunkMatcher::new(index, target, &hints);
+                loop {
+                    let c = next.fetch_add(1, Ordering::Relaxed);
+                    if c >= chunks {
+                        break;
+                    }
+                    let range = c * chunk..((c + 1) * chunk).min(target.len());
+                    let ops = m.run(range);
+                    if let Ok(mut slot) = results[c].lock() {
+                        *slot = ops;
+                    }
+                }
+            });
+        }
+    });
+    let mut w = DeltaWriter::new(out)?;
+    let mut pending: Option<(usize, usize)> = None;
+    for r in results {
+        let ops = r
+            .into_inner()
+            .map_err(|_| io::Error::other("matcher worker panicked"))?;
+        for op in ops {
+            match op {
+                Op::Literal { target: t, len } => match &mut pending {
+                    Some((s, l)) if *s + *l == t => *l += len,
+                    _ => {
+                        if let Some((s, l)) = pending.take() {
+                            w.literal(&target[s..s + l])?;
+                        }
+                        pending = Some((t, len));
+                    }
+                },
+                Op::Copy { basis, len } => {
+                    if let Some((s, l)) = pending.take() {
+                        w.literal(&target[s..s + l])?;
+                    }
+                    w.copy(basis as u64, len as u64)?;
+                }
+            }
+        }
+    }
+    if let Some((s, l)) = pending {
+        w.literal(&target[s..s + l])?;
+    }
+    let (_, stats) = w.finish_with_stats()?;
+    Ok(stats)
+}
+
+/// Sorted, non-overlapping hints with in-bounds ranges, as `(target range, basis range)`.
+fn normalize_hints(
+    hints: &[Hint],
+    basis_len: usize,
+    target_len: usize,
+) -> Vec<(Range<usize>, Range<usize>)> {
+    let clip = |r: &Range<u64>, len: usize| {
+        let s = usize::try_from(r.start).unwrap_or(usize::MAX).min(len);
+        let e = usize::try_from(r.end).unwrap_or(usize::MAX).min(len);
+        s..e.max(s)
+    };
+    let mut v: Vec<_> = hints
+        .iter()
+        .map(|h| (clip(&h.target, target_len), clip(&h.basis, basis_len)))
+        .filter(|(t, b)| !t.is_empty() && !b.is_empty())
+        .collect();
+    v.sort_by_key(|(t, b)| (t.start, t.end, b.start, b.end));
+    let mut end: usize = 0;
+    v.retain_mut(|(t, _)| {
+        t.start = t.start.max(end);
+        end = end.max(t.end);
+        t.start < t.end
+    });
+    v
+}
+
+/// Per-worker matching state.
+struct ChunkMatcher<'i, 'a> {
+    index: &'i BasisIndex<'a>,
+    target: &'i [u8],
+    hints: &'i [(Range<usize>, Range<usize>)],
+    hint_index: HintIndex,
+    /// Diagonals (basis − target) of recent COPYs, most recent first.
+    reps: Vec<isize>,
+}
+
+/// A verified candidate: COPY of `len` bytes from `basis`, starting at target `start`.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    start: usize,
+    basis: usize,
+    len: usize,
+    rep: bool,
+}
+
+const MAX_REPS: usize = 4;
+
+impl<'i, 'a> ChunkMatcher<'i, 'a> {
+    fn new(
+        index: &'i BasisIndex<'a>,
+        target: &'i [u8],
+        hints: &'i [(Range<usize>, Range<usize>)],
+    ) -> Self {
+        Self {
+            index,
+            target,
+            hints,
+            hint_index: HintIndex::default(),
+            reps: Vec::with_capacity(MAX_REPS),
+        }
+    }
+
+    fn run(&mut self, range: Range<usize>) -> Vec<Op> {
+        let opts = &self.index.opts;
+        let (t, b, hints) = (self.target, self.index.basis, self.hints);
+        let (cs, ce) = (range.start, range.end);
+        let w = opts.window;
+        let hw = opts.hint_window.clamp(1, 8);
+        let min_len = opts.min_copy.min(opts.min_rep_copy).max(1);
+        self.reps.clear();
+        let mut ops = Vec::new();
+        let mut lit = cs;
+        let mut p = cs;
+        let mut roll = Roll::new(w);
+        let mut roll_valid = false;
+        let mut hi = hints.partition_point(|(ht, _)| ht.end <= cs);
+        while p + min_len <= ce {
+            // Active hint.
+            while hi < hints.len() && hints[hi].0.end <= p {
+                hi += 1;
+            }
+            let hint = hints.get(hi).filter(|(ht, _)| ht.start <= p);
+            let mut best: Option<Found> = None;
+            let consider = |q: usize, rep: bool, best: &mut Option<Found>| {
+                if q >= b.len() {
+                    return;
+                }
+                let fwd = common_prefix(&t[p..ce], &b[q..]);
+                if fwd == 0 {
+                    return;
+                }
+                let back = common_suffix(&t[lit..p], &b[..q]);
+                let len = fwd + back;
+                let better = match best {
+                    None => true,
+                    Some(f) => len > f.len,
+                };
+                if better {
+                    *best = Some(Found {
+                        start: p - back,
+                        basis: q - back,
+                        len,
+                        rep,
+                    });
+                }
+            };
+            for &d in &self.reps {
+                if let Some(q) = p.checked_add_signed(d) {
+                    consider(q, true, &mut best);
+                }
+            }
+            if let Some((_, hb)) = hint {
+                if p + hw <= t.len() && hb.len() >= hw {
+                    let id = hi;
+                    if self.hint_index.hint != Some(id) {
+                        self.hint_index.build(id, &b[hb.clone()], hb.start, opts);
+                    }
+                    self.hint_index
+                        .candidates(&t[p..p + hw], opts.max_chain, |q| {
+                            consider(q, false, &mut best)
+                        });
+                }
+            }
+            if p + w <= t.len() {
+                if !roll_valid {
+                    roll.reset(&t[p..p + w]);
+                    roll_valid = true;
+                }
+                let m = roll.mixed();
+                if self.index.is_anchor(m) {
+                    if let Some(q) = self.index.lookup(m) {
+                        consider(q, false, &mut best);
+                    }
+                }
+            }
+            let accept = best.filter(|f| {
+                f.len
+                    >= if f.rep {
+                        opts.min_rep_copy
+                    } else {
+                        opts.min_copy
+                    }
+            });
+            if let Some(f) = accept {
+                if f.start > lit {
+                    ops.push(Op::Literal {
+                        target: lit,
+                        len: f.start - lit,
+                    });
+                }
+                ops.push(Op::Copy {
+                    basis: f.basis,
+                    len: f.len,
+                });
+                debug_assert_eq!(t[f.start..f.start + f.len], b[f.basis..f.basis + f.len]);
+                let d = f.basis as isize - f.start as isize;
+                self.reps.retain(|&x| x != d);
+                self.reps.insert(0, d);
+                self.reps.truncate(MAX_REPS);
+                p = f.start + f.len;
+                lit = p;
+                roll_valid = false;
+            } else {
+                if roll_valid && p + w < t.len() {
+                    roll.roll(t[p], t[p + w]);
+                } else {
+                    roll_valid = false;
+                }
+                p += 1;
+            }
+        }
+        if lit < ce {
+            ops.push(Op::Literal {
+                target: lit,
+                len: ce - lit,
+            });
+        }
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patch::patch;
+
+    fn roundtrip(basis: &[u8], target: &[u8], hints: &[Hint], opts: MatchOptions) -> DeltaStats {
+        let index = BasisIndex::new(basis, opts);
+        let mut delta = Vec::new();
+        let stats = diff(&index, target, hints, &mut delta).unwrap();
+        assert_eq!(stats.delta_bytes, delta.len() as u64);
+        let mut out = Vec::new();
+        patch(basis, &delta[..], &mut out).unwrap();
+        assert!(out == target, "round trip");
+        stats
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn common_prefix_counts_bytes() {
+        assert_eq!(common_prefix(b"abcdefghijk", b"abcdefghijX"), 10);
+        assert_eq!(common_prefix(b"abcdefghijk", b"abcdeXghijk"), 5);
+        assert_eq!(common_prefix(b"abc", b"abcdef"), 3);
+        assert_eq!(common_suffix(b"xxabc", b"yabc"), 3);
+    }
+
+    #[test]
+    fn finds_unaligned_moves_anywhere() {
+        let basis = noise(200_000, 1);
+        let mut target = basis[123_457..150_001].to_vec();
+        target.extend_from_slice(b"new bytes in between");
+        target.extend_from_slice(&basis[7..20_000]);
+        let s = roundtrip(&basis, &target, &[], MatchOptions::default());
+        assert_eq!(s.literal_bytes, 20);
+        assert_eq!(s.copy_ops, 2);
+    }
+
+    #[test]
+    fn rep_diagonal_resumes_after_small_changes() {
+        let basis = noise(100_000, 2);
+        let mut target = basis.clone();
+        for i in (1000..90_000).step_by(50) {
+            target[i] ^= 0xff;
+        }
+        let s = roundtrip(&basis, &target, &[], MatchOptions::default());
+        assert_eq!(s.literal_bytes, 1780);
+    }
+
+    #[test]
+    fn hints_find_short_matches_the_global_index_misses() {
+        let basis = noise(300_000, 3);
+        // Old "file" at 100_000..110_000; new version has a change every 20 bytes plus a shift.
+        let mut file = basis[100_000..110_000].to_vec();
+        file.insert(5000, b'!');
+        for i in (0..file.len()).step_by(20) {
+            file[i] = file[i].wrapping_add(1);
+        }
+        let target = [&noise(1000, 4)[..], &file].concat();
+        let without = roundtrip(&basis, &target, &[], MatchOptions::default());
+        let hint = Hint {
+            target: 1000..target.len() as u64,
+            basis: 100_000..110_000,
+        };
+        let with = roundtrip(&basis, &target, &[hint], MatchOptions::default());
+        assert!(with.literal_bytes < 2000, "{with:?}");
+        assert!(
+            with.literal_bytes * 4 < without.literal_bytes,
+            "{with:?} {without:?}"
+        );
+    }
+
+    #[test]
+    fn output_does_not_depend_on_threads() {
+        let basis = noise(600_000, 5);
+        let mut target = basis[1000..400_000].to_vec();
+        for i in (0..target.len()).step_by(997) {
+            target[i] = 0;
+        }
+        let run = |threads| {
+            let opts = MatchOptions {
+                threads,
+                chunk_size: 1 << 16,
+                ..MatchOptions::default()
+            };
+            let index = BasisIndex::new(&basis, opts);
+            let mut d = Vec::new();
+            diff(&index, &target, &[], &mut d).unwrap();
+            d
+        };
+        let one = run(1);
+        assert!(one == run(2) && one == run(3));
+    }
+
+    #[test]
+    fn bad_hints_and_tiny_inputs_are_harmless() {
+        let hints = [
+            Hint {
+                target: 50..u64::MAX,
+                basis: u64::MAX - 5..u64::MAX,
+            },
+            Hint {
+                target: std::ops::Range { start: 10, end: 0 },
+                basis: 0..3,
+            },
+            Hint {
+                target: 0..100,
+                basis: 0..1_000_000,
+            },
+        ];
+        for (b, t) in [
+            (&b""[..], &b""[..]),
+            (b"", b"abc"),
+            (b"abc", b""),
+            (b"abcdefgh", b"abcdefgh"),
+        ] {
+            roundtrip(b, t, &hints, MatchOptions::default());
+        }
+    }
+}
