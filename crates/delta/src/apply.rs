@@ -1,0 +1,266 @@
+//! Applying a delta image to a source image: what a balena device does on pull.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bru_oci::{decompress_read, Descriptor, Digest, ImageConfig, ImageSink, ImageSource};
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio_util::io::SyncIoBridge;
+
+use crate::chain::common_prefix;
+use crate::config::delta_labels;
+use crate::create::write_gzip_layer;
+use crate::error::{blocking, DeltaError, Role};
+use crate::fetch::{fetch_blob, fetch_layer, stream_error};
+use crate::layer::with_first_entry;
+use crate::manifest::{manifest_bytes, Format};
+use crate::progress::{Event, Progress, Step};
+use crate::{publish, workdir};
+
+/// Options of [`apply`].
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// Where to keep the basis while working (default: the system temporary directory).
+    pub workdir: Option<PathBuf>,
+    /// Manifest flavour of the rebuilt image.
+    pub format: Format,
+}
+
+/// One layer of the rebuilt image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RebuiltLayer {
+    /// Position in the image, bottom first.
+    pub index: usize,
+    /// True when the layer was taken from the source image (common prefix).
+    pub from_source: bool,
+    /// DiffID (sha256 of the uncompressed tar), equal to the target's.
+    pub diff_id: Digest,
+    /// Size of the compressed layer blob written.
+    pub compressed_bytes: u64,
+}
+
+/// What [`apply`] rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplyInfo {
+    /// The rebuilt image's ID: the digest of its config, equal to the target's.
+    pub image_id: Digest,
+    /// Digest of the manifest written.
+    pub manifest_digest: Digest,
+    /// The layers, bottom first.
+    pub layers: Vec<RebuiltLayer>,
+}
+
+/// Rebuilds the target image from `source` and the delta image `delta`,
+/// verifying every layer's DiffID, and writes it to `sink`.
+///
+/// The config bytes of the result are the target's, so its image ID equals
+/// the target's; the layers are recompressed, so blob and manifest digests
+/// differ from the original target's (as on a device).
+pub async fn apply(
+    source: &dyn ImageSource,
+    delta: &dyn ImageSource,
+    sink: &dyn ImageSink,
+    opts: &ApplyOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<ApplyInfo, DeltaError> {
+    let (src, d) = tokio::try_join!(
+        async {
+            source.image().await.map_err(|source| DeltaError::Image {
+                role: Role::Source,
+                source,
+            })
+        },
+        async {
+            delta.image().await.map_err(|source| DeltaError::Image {
+                role: Role::Delta,
+                source,
+            })
+        },
+    )?;
+    let labels = delta_labels(&d.config.labels)?;
+    if labels.base != src.config_digest.to_string() {
+        return Err(DeltaError::BaseMismatch {
+            expected: labels.base,
+            actual: src.config_digest,
+        });
+    }
+    let target = ImageConfig::parse(&labels.target_config).map_err(|source| DeltaError::Image {
+        role: Role::Target,
+        source,
+    })?;
+    if d.manifest.layers.len() != target.diff_ids.len() {
+        return Err(DeltaError::LayerCount {
+            role: Role::Delta,
+            layers: d.manifest.layers.len(),
+            diff_ids: target.diff_ids.len(),
+        });
+    }
+    let k = common_prefix(
+        &src.config
+            .diff_ids
+            .iter()
+            .map(Digest::to_string)
+            .collect::<Vec<_>>(),
+        &target
+            .diff_ids
+            .iter()
+            .map(Digest::to_string)
+            .collect::<Vec<_>>(),
+    );
+    let work = workdir(opts.workdir.as_deref())?;
+    let mut files: Vec<(PathBuf, Descriptor)> = Vec::new();
+    let mut layers = Vec::new();
+
+    // The common prefix is the source's own layers, reused as they are.
+    for i in 0..k {
+        let desc = &src.manifest.layers[i];
+        let path = work.path().join(format!("source-{i}.blob"));
+        fetch_blob(source, Role::Source, i, desc, &path).await?;
+        let mut out = desc.clone();
+        out.media_type = opts.format.layer_type_like(&desc.media_type);
+        layers.push(RebuiltLayer {
+            index: i,
+            from_source: true,
+            diff_id: target.diff_ids[i].clone(),
+            compressed_bytes: out.size,
+        });
+        files.push((path, out));
+    }
+
+    if k < target.diff_ids.len() {
+        let basis_path = work.path().join("basis.tar");
+        let total = src.manifest.layers.iter().map(|l| l.size).sum();
+        progress.event(Event::Begin {
+            step: Step::FetchSource,
+            total: Some(total),
+        });
+        let mut basis = File::create(&basis_path).map_err(DeltaError::io(&basis_path))?;
+        let mut done = 0;
+        for (i, desc) in src.manifest.layers.iter().enumerate() {
+            let (f, _) = fetch_layer(
+                source,
+                Role::Source,
+                i,
+                desc,
+                &src.config.diff_ids[i],
+                basis,
+                &basis_path,
+            )
+            .await?;
+            basis = f;
+            done += desc.size;
+            progress.event(Event::Advance { done });
+        }
+        drop(basis);
+        progress.event(Event::End {
+            step: Step::FetchSource,
+        });
+
+        for i in k..target.diff_ids.len() {
+            let step = Step::Rebuild { layer: i };
+            progress.event(Event::Begin { step, total: None });
+            let reader =
+                delta
+                    .blob(&d.manifest.layers[i])
+                    .await
+                    .map_err(|source| DeltaError::Layer {
+                        role: Role::Delta,
+                        index: i,
+                        source,
+                    })?;
+            let handle = Handle::current();
+            let basis_path = basis_path.clone();
+            let blob_path = work.path().join(format!("layer-{i}.tar.gz"));
+            let expected = target.diff_ids[i].clone();
+            let format = opts.format;
+            let desc = blocking(move || {
+                let basis = File::open(&basis_path).map_err(DeltaError::io(&basis_path))?;
+                let bridge = SyncIoBridge::new_with_handle(reader, handle);
+                let plain = decompress_read(BufReader::new(bridge)).map_err(|source| {
+                    DeltaError::Layer {
+                        role: Role::Delta,
+                        index: i,
+                        source,
+                    }
+                })?;
+                let mut patched = None;
+                let (desc, rebuilt) = write_gzip_layer(&blob_path, format, 6, |w| {
+                    let r = with_first_entry(plain, |entry| bru_rsync::patch(&basis, entry, w));
+                    patched = Some(r);
+                    Ok(())
+                })?;
+                match patched {
+                    Some(Ok(Ok(_))) => {}
+                    Some(Ok(Err(source))) => return Err(patch_error(i, source)),
+                    Some(Err(source)) => return Err(layer_tar_error(i, source)),
+                    None => return Err(DeltaError::Task("delta layer was not read".into())),
+                }
+                if rebuilt != expected {
+                    return Err(DeltaError::RebuiltMismatch {
+                        index: i,
+                        expected,
+                        actual: rebuilt,
+                    });
+                }
+                Ok(desc)
+            })
+            .await?;
+            progress.event(Event::End { step });
+            layers.push(RebuiltLayer {
+                index: i,
+                from_source: false,
+                diff_id: target.diff_ids[i].clone(),
+                compressed_bytes: desc.size,
+            });
+            files.push((work.path().join(format!("layer-{i}.tar.gz")), desc));
+        }
+    }
+
+    let config_desc = Descriptor::of_bytes(opts.format.config_type(), &labels.target_config);
+    let layer_descs: Vec<Descriptor> = files.iter().map(|(_, d)| d.clone()).collect();
+    let (manifest, manifest_type) = manifest_bytes(opts.format, &config_desc, &layer_descs);
+    progress.event(Event::Begin {
+        step: Step::Publish,
+        total: None,
+    });
+    let manifest_digest = publish(
+        sink,
+        &files,
+        &config_desc,
+        &labels.target_config,
+        &manifest,
+        manifest_type,
+    )
+    .await?;
+    progress.event(Event::End {
+        step: Step::Publish,
+    });
+    Ok(ApplyInfo {
+        image_id: config_desc.digest,
+        manifest_digest,
+        layers,
+    })
+}
+
+/// A decoder error, or the blob stream's own error surfacing through it.
+fn patch_error(index: usize, source: bru_rsync::PatchError) -> DeltaError {
+    match source {
+        bru_rsync::PatchError::ReadDelta { source: e, .. }
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<bru_oci::OciError>()) =>
+        {
+            stream_error(Role::Delta, index, e)
+        }
+        source => DeltaError::Patch { index, source },
+    }
+}
+
+fn layer_tar_error(index: usize, source: crate::layer::LayerTarError) -> DeltaError {
+    match source {
+        crate::layer::LayerTarError::Io(e) => stream_error(Role::Delta, index, e),
+        source => DeltaError::LayerTar { index, source },
+    }
+}

@@ -1,0 +1,450 @@
+//! Building a delta image from a source and a target image.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bru_oci::{Descriptor, Digest, ImageSink, ImageSource, PulledImage};
+use flate2::write::GzEncoder;
+use serde::Serialize;
+
+use crate::chain::common_prefix;
+use crate::config::delta_config;
+use crate::error::{blocking, DeltaError, Role};
+use crate::fetch::fetch_layer;
+use crate::hashio::HashWriter;
+use crate::layer::{write_delta_tar, EMPTY_TAR, EMPTY_TAR_DIFF_ID};
+use crate::manifest::{manifest_bytes, Format};
+use crate::progress::{Event, Progress, Step};
+use crate::{engine, publish, workdir};
+
+/// Options of [`create`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Where to keep the decompressed layers while working (a fresh temporary
+    /// directory is made inside it and removed afterwards). Default: the
+    /// system temporary directory.
+    pub workdir: Option<PathBuf>,
+    /// Manifest flavour of the delta image.
+    pub format: Format,
+    /// gzip level of the delta layers (0–9).
+    pub gzip_level: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            workdir: None,
+            format: Format::Docker,
+            gzip_level: 9,
+        }
+    }
+}
+
+/// One layer of a delta image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerInfo {
+    /// Position in the image, bottom first.
+    pub index: usize,
+    /// `common` (an empty tar: the device keeps its own layer) or `delta`.
+    pub kind: LayerKind,
+    /// Digest of the compressed layer blob.
+    pub digest: Digest,
+    /// Size of the compressed layer blob: what a device downloads for it.
+    pub compressed_bytes: u64,
+    /// Size of the raw librsync delta stream (known when the delta was just built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_bytes: Option<u64>,
+    /// Bytes of the target layer the delta copies from the basis (when just built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copied_bytes: Option<u64>,
+    /// Bytes of the target layer the delta carries literally (when just built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub literal_bytes: Option<u64>,
+}
+
+/// Kind of a delta image layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// In the common ChainID prefix: an empty tar, never downloaded.
+    Common,
+    /// A librsync delta against the basis.
+    Delta,
+}
+
+/// Description of a delta image, as built or as inspected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeltaInfo {
+    /// Digest of the delta image's manifest.
+    pub manifest_digest: Digest,
+    /// `io.resin.delta.base`: ID of the source image the delta applies to.
+    pub base_image_id: String,
+    /// ID of the image the delta rebuilds (digest of the target config).
+    pub target_image_id: Digest,
+    /// Number of layers (always the target's layer count).
+    pub layer_count: usize,
+    /// Number of leading layers shared with the source (empty tars).
+    pub common_prefix: usize,
+    /// The layers, bottom first.
+    pub layers: Vec<LayerInfo>,
+    /// Size of the delta image config blob.
+    pub config_bytes: u64,
+    /// Sum of the compressed sizes of the delta layers (common layers excluded).
+    pub total_compressed_bytes: u64,
+    /// What a device downloads: the config blob plus the delta layers.
+    pub download_bytes: u64,
+}
+
+impl DeltaInfo {
+    pub(crate) fn new(
+        manifest_digest: Digest,
+        base_image_id: String,
+        target_image_id: Digest,
+        config_bytes: u64,
+        layers: Vec<LayerInfo>,
+    ) -> Self {
+        let common_prefix = layers
+            .iter()
+            .take_while(|l| l.kind == LayerKind::Common)
+            .count();
+        let total_compressed_bytes = layers
+            .iter()
+            .filter(|l| l.kind == LayerKind::Delta)
+            .map(|l| l.compressed_bytes)
+            .sum();
+        DeltaInfo {
+            manifest_digest,
+            base_image_id,
+            target_image_id,
+            layer_count: layers.len(),
+            common_prefix,
+            layers,
+            config_bytes,
+            total_compressed_bytes,
+            download_bytes: config_bytes + total_compressed_bytes,
+        }
+    }
+}
+
+/// A layer blob written to the work directory.
+struct LayerBlob {
+    path: PathBuf,
+    desc: Descriptor,
+    diff_id: Digest,
+    info: LayerInfo,
+}
+
+/// Builds the v3 delta image that turns `source` into `target` on a balena
+/// device, self-checks every layer, and writes it to `sink`.
+///
+/// Nothing is written to `sink` unless every delta layer, applied to the
+/// basis, rebuilt the target layer's DiffID.
+pub async fn create(
+    source: &dyn ImageSource,
+    target: &dyn ImageSource,
+    sink: &dyn ImageSink,
+    opts: &CreateOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<DeltaInfo, DeltaError> {
+    let (src, dst) = tokio::try_join!(
+        async {
+            source.image().await.map_err(|source| DeltaError::Image {
+                role: Role::Source,
+                source,
+            })
+        },
+        async {
+            target.image().await.map_err(|source| DeltaError::Image {
+                role: Role::Target,
+                source,
+            })
+        },
+    )?;
+    let k = common_prefix(
+        &src.config
+            .diff_ids
+            .iter()
+            .map(Digest::to_string)
+            .collect::<Vec<_>>(),
+        &dst.config
+            .diff_ids
+            .iter()
+            .map(Digest::to_string)
+            .collect::<Vec<_>>(),
+    );
+    tracing::info!(
+        source_layers = src.manifest.layers.len(),
+        target_layers = dst.manifest.layers.len(),
+        common_prefix = k,
+        "creating delta"
+    );
+    let work = workdir(opts.workdir.as_deref())?;
+
+    let changed = k < dst.manifest.layers.len();
+    let mut blobs = Vec::new();
+    if changed {
+        let basis_path = work.path().join("basis.tar");
+        fetch_all(
+            source,
+            &src,
+            Role::Source,
+            0,
+            &basis_path,
+            &progress,
+            Step::FetchSource,
+        )
+        .await?;
+        let mut targets = Vec::new();
+        for i in k..dst.manifest.layers.len() {
+            let path = work.path().join(format!("target-{i}.tar"));
+            fetch_all(
+                target,
+                &dst,
+                Role::Target,
+                i,
+                &path,
+                &progress,
+                Step::FetchTarget,
+            )
+            .await?;
+            targets.push((i, path, dst.config.diff_ids[i].clone()));
+        }
+        let dir = work.path().to_path_buf();
+        let (format, level) = (opts.format, opts.gzip_level);
+        let progress = progress.clone();
+        blobs = blocking(move || encode_all(&dir, &basis_path, targets, format, level, &*progress))
+            .await?;
+    }
+
+    // Layers of the common prefix are the (shared) empty tar.
+    let empty = if k > 0 {
+        Some(write_empty_layer(
+            work.path(),
+            opts.format,
+            opts.gzip_level,
+        )?)
+    } else {
+        None
+    };
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut infos = Vec::new();
+    for i in 0..k {
+        if let Some((_, desc)) = &empty {
+            layer_descs.push(desc.clone());
+            diff_ids.push(EMPTY_TAR_DIFF_ID.to_owned());
+            infos.push(LayerInfo {
+                index: i,
+                kind: LayerKind::Common,
+                digest: desc.digest.clone(),
+                compressed_bytes: desc.size,
+                delta_bytes: None,
+                copied_bytes: None,
+                literal_bytes: None,
+            });
+        }
+    }
+    for blob in &blobs {
+        layer_descs.push(blob.desc.clone());
+        diff_ids.push(blob.diff_id.to_string());
+        infos.push(blob.info.clone());
+    }
+    let config = delta_config(&src.config_digest.to_string(), &dst.config_bytes, &diff_ids)?;
+    let config_desc = Descriptor::of_bytes(opts.format.config_type(), &config);
+    let (manifest, manifest_type) = manifest_bytes(opts.format, &config_desc, &layer_descs);
+
+    let mut files: Vec<(PathBuf, Descriptor)> = Vec::new();
+    if let Some((path, desc)) = empty {
+        files.push((path, desc));
+    }
+    files.extend(blobs.into_iter().map(|b| (b.path, b.desc)));
+    progress.event(Event::Begin {
+        step: Step::Publish,
+        total: None,
+    });
+    let manifest_digest = publish(
+        sink,
+        &files,
+        &config_desc,
+        &config,
+        &manifest,
+        manifest_type,
+    )
+    .await?;
+    progress.event(Event::End {
+        step: Step::Publish,
+    });
+
+    Ok(DeltaInfo::new(
+        manifest_digest,
+        src.config_digest.to_string(),
+        dst.config_digest.clone(),
+        config_desc.size,
+        infos,
+    ))
+}
+
+/// Fetches layers of `image` into the file at `path`: all of them for the
+/// basis (`from == 0` with `role == Source`), or the single layer `from`.
+async fn fetch_all(
+    src: &dyn ImageSource,
+    image: &PulledImage,
+    role: Role,
+    from: usize,
+    path: &Path,
+    progress: &Arc<dyn Progress>,
+    step: Step,
+) -> Result<(), DeltaError> {
+    let range = if role == Role::Source {
+        0..image.manifest.layers.len()
+    } else {
+        from..from + 1
+    };
+    let total = range.clone().map(|i| image.manifest.layers[i].size).sum();
+    progress.event(Event::Begin {
+        step,
+        total: Some(total),
+    });
+    let mut file = File::create(path).map_err(DeltaError::io(path))?;
+    let mut done = 0;
+    for i in range {
+        let (f, _) = fetch_layer(
+            src,
+            role,
+            i,
+            &image.manifest.layers[i],
+            &image.config.diff_ids[i],
+            file,
+            path,
+        )
+        .await?;
+        file = f;
+        done += image.manifest.layers[i].size;
+        progress.event(Event::Advance { done });
+    }
+    progress.event(Event::End { step });
+    Ok(())
+}
+
+/// Encodes every changed target layer against the basis, self-checks it and
+/// writes its compressed delta layer blob.
+fn encode_all(
+    dir: &Path,
+    basis_path: &Path,
+    targets: Vec<(usize, PathBuf, Digest)>,
+    format: Format,
+    level: u32,
+    progress: &dyn Progress,
+) -> Result<Vec<LayerBlob>, DeltaError> {
+    let basis_file = File::open(basis_path).map_err(DeltaError::io(basis_path))?;
+    let basis = engine::map(&basis_file).map_err(DeltaError::io(basis_path))?;
+    progress.event(Event::Begin {
+        step: Step::Index,
+        total: Some(basis.len() as u64),
+    });
+    let index = engine::index(&basis);
+    progress.event(Event::End { step: Step::Index });
+
+    let mut out = Vec::new();
+    for (i, target_path, diff_id) in targets {
+        let step = Step::Encode { layer: i };
+        let target_file = File::open(&target_path).map_err(DeltaError::io(&target_path))?;
+        let target = engine::map(&target_file).map_err(DeltaError::io(&target_path))?;
+        progress.event(Event::Begin {
+            step,
+            total: Some(target.len() as u64),
+        });
+
+        let delta_path = dir.join(format!("delta-{i}"));
+        let delta_file = File::create(&delta_path).map_err(DeltaError::io(&delta_path))?;
+        let stats = engine::encode(&index, &basis, &target, BufWriter::new(delta_file))
+            .map_err(DeltaError::io(&delta_path))?;
+        drop(target);
+        let _ = std::fs::remove_file(&target_path);
+
+        // Self-check: the delta, applied to the basis, must rebuild the DiffID.
+        let delta_file = File::open(&delta_path).map_err(DeltaError::io(&delta_path))?;
+        let mut check = HashWriter::new(std::io::sink());
+        bru_rsync::patch(&basis_file, BufReader::new(delta_file), &mut check)
+            .map_err(|source| DeltaError::Patch { index: i, source })?;
+        let (_, rebuilt, _) = check.finish();
+        if rebuilt != diff_id {
+            return Err(DeltaError::RebuiltMismatch {
+                index: i,
+                expected: diff_id,
+                actual: rebuilt,
+            });
+        }
+
+        let delta_len = std::fs::metadata(&delta_path)
+            .map_err(DeltaError::io(&delta_path))?
+            .len();
+        let blob_path = dir.join(format!("layer-{i}.tar.gz"));
+        let delta_file = File::open(&delta_path).map_err(DeltaError::io(&delta_path))?;
+        let (desc, tar_digest) = write_gzip_layer(&blob_path, format, level, |w| {
+            write_delta_tar(BufReader::new(delta_file), delta_len, w).map(|_| ())
+        })?;
+        let _ = std::fs::remove_file(&delta_path);
+        progress.event(Event::End { step });
+        tracing::info!(
+            layer = i,
+            delta_bytes = delta_len,
+            compressed = desc.size,
+            "layer encoded"
+        );
+        out.push(LayerBlob {
+            path: blob_path,
+            info: LayerInfo {
+                index: i,
+                kind: LayerKind::Delta,
+                digest: desc.digest.clone(),
+                compressed_bytes: desc.size,
+                delta_bytes: Some(delta_len),
+                copied_bytes: Some(stats.copy_bytes),
+                literal_bytes: Some(stats.literal_bytes),
+            },
+            desc,
+            diff_id: tar_digest,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes a gzip layer blob to `path` from what `fill` writes; returns its
+/// descriptor and the DiffID (sha256 of the uncompressed bytes).
+pub(crate) fn write_gzip_layer(
+    path: &Path,
+    format: Format,
+    level: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(Descriptor, Digest), DeltaError> {
+    let file = File::create(path).map_err(DeltaError::io(path))?;
+    let compressed = HashWriter::new(BufWriter::new(file));
+    let gz = GzEncoder::new(compressed, flate2::Compression::new(level.min(9)));
+    let mut plain = HashWriter::new(gz);
+    fill(&mut plain).map_err(DeltaError::io(path))?;
+    let (gz, diff_id, _) = plain.finish();
+    let compressed = gz.finish().map_err(DeltaError::io(path))?;
+    let (mut buffered, digest, size) = compressed.finish();
+    buffered.flush().map_err(DeltaError::io(path))?;
+    let desc = Descriptor {
+        media_type: format.gzip_layer_type().to_owned(),
+        digest,
+        size,
+        annotations: None,
+        platform: None,
+    };
+    Ok((desc, diff_id))
+}
+
+fn write_empty_layer(
+    dir: &Path,
+    format: Format,
+    level: u32,
+) -> Result<(PathBuf, Descriptor), DeltaError> {
+    let path = dir.join("empty.tar.gz");
+    let (desc, _) = write_gzip_layer(&path, format, level, |w| w.write_all(&EMPTY_TAR))?;
+    Ok((path, desc))
+}

@@ -1,0 +1,138 @@
+//! Bringing layers from an [`ImageSource`] to local files: decompressed, with
+//! the blob digest verified while streaming and the DiffID checked at the end.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use bru_oci::{decompress_read, Descriptor, Digest, ImageSource, OciError};
+use tokio::runtime::Handle;
+use tokio_util::io::SyncIoBridge;
+
+use crate::error::{blocking, DeltaError, Role};
+use crate::hashio::HashWriter;
+
+const BUF: usize = 256 * 1024;
+
+/// Turns an io error from a verified blob stream back into the structured
+/// [`OciError`] it carries (digest or size mismatch), or wraps it.
+pub(crate) fn stream_error(role: Role, index: usize, e: io::Error) -> DeltaError {
+    let source = if e.get_ref().is_some_and(|inner| inner.is::<OciError>()) {
+        match e.into_inner().map(|b| b.downcast::<OciError>()) {
+            Some(Ok(oci)) => *oci,
+            Some(Err(other)) => OciError::Stream(io::Error::other(other)),
+            None => OciError::Stream(io::Error::other("stream failed")),
+        }
+    } else {
+        OciError::Stream(e)
+    };
+    DeltaError::Layer {
+        role,
+        index,
+        source,
+    }
+}
+
+/// Copies `r` to `w`, telling read failures (the blob) from write failures (our file).
+pub(crate) fn copy_checked(
+    mut r: impl Read,
+    mut w: impl Write,
+    role: Role,
+    index: usize,
+    path: &Path,
+) -> Result<u64, DeltaError> {
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(stream_error(role, index, e)),
+        };
+        w.write_all(&buf[..n]).map_err(DeltaError::io(path))?;
+        total += n as u64;
+    }
+    w.flush().map_err(DeltaError::io(path))?;
+    Ok(total)
+}
+
+/// Streams layer `index` of `src`, decompresses it and appends the tar to
+/// `out`, checking that it hashes to `diff_id`. Returns the file and the
+/// number of bytes appended.
+pub(crate) async fn fetch_layer(
+    src: &dyn ImageSource,
+    role: Role,
+    index: usize,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    out: File,
+    out_path: &Path,
+) -> Result<(File, u64), DeltaError> {
+    let reader = src.blob(desc).await.map_err(|source| DeltaError::Layer {
+        role,
+        index,
+        source,
+    })?;
+    let handle = Handle::current();
+    let expected = diff_id.clone();
+    let path = out_path.to_path_buf();
+    blocking(move || {
+        let bridge = SyncIoBridge::new_with_handle(reader, handle);
+        let plain = decompress_read(BufReader::with_capacity(BUF, bridge)).map_err(|source| {
+            DeltaError::Layer {
+                role,
+                index,
+                source,
+            }
+        })?;
+        let mut w = HashWriter::new(BufWriter::with_capacity(BUF, out));
+        copy_checked(plain, &mut w, role, index, &path)?;
+        let (buffered, actual, len) = w.finish();
+        if actual != expected {
+            return Err(DeltaError::DiffIdMismatch {
+                role,
+                index,
+                expected,
+                actual,
+            });
+        }
+        let file = buffered.into_inner().map_err(|e| DeltaError::Io {
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
+        Ok((file, len))
+    })
+    .await
+}
+
+/// Streams a blob unchanged (still compressed) into a new file at `path`,
+/// verifying its digest and size on the way.
+pub(crate) async fn fetch_blob(
+    src: &dyn ImageSource,
+    role: Role,
+    index: usize,
+    desc: &Descriptor,
+    path: &Path,
+) -> Result<(), DeltaError> {
+    let reader = src.blob(desc).await.map_err(|source| DeltaError::Layer {
+        role,
+        index,
+        source,
+    })?;
+    let handle = Handle::current();
+    let path = path.to_path_buf();
+    blocking(move || {
+        let file = File::create(&path).map_err(DeltaError::io(&path))?;
+        let bridge = SyncIoBridge::new_with_handle(reader, handle);
+        copy_checked(
+            bridge,
+            BufWriter::with_capacity(BUF, file),
+            role,
+            index,
+            &path,
+        )?;
+        Ok(())
+    })
+    .await
+}
