@@ -29,6 +29,7 @@ fn main() {
             "--" => in_target = true,
             "--no-hints" => hints_on = false,
             "--rdiff" => rdiff = true,
+            "--no-refine" => opts.refine = false,
             "--out" => out_dir = it.next().expect("dir").into(),
             "--window" => opts.window = num(),
             "--spacing" => opts.anchor_spacing = num(),

@@ -11,6 +11,7 @@ mod encode;
 mod format;
 mod matcher;
 mod patch;
+mod refine;
 pub mod tar;
 
 pub use encode::{DeltaStats, DeltaWriter};

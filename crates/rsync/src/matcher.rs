@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::encode::{DeltaStats, DeltaWriter};
+use crate::refine::Refiner;
 
 /// Tuning of the matcher. The defaults were chosen from measurements (see `DESIGN.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,9 @@ pub struct MatchOptions {
     pub chunk_size: usize,
     /// Worker threads for index build and matching (0 = available parallelism).
     pub threads: usize,
+    /// Second pass: where short COPYs are dense, keep whichever of the COPYs, only the longer
+    /// COPYs, or a plain literal deflates smallest.
+    pub refine: bool,
 }
 
 impl Default for MatchOptions {
@@ -58,6 +62,7 @@ impl Default for MatchOptions {
             min_rep_copy: 8,
             chunk_size: 8 << 20,
             threads: 0,
+            refine: true,
         }
     }
 }
@@ -272,11 +277,13 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
         .count()
 }
 
-/// One command of a chunk's result. Literal ranges are target positions.
+/// One command of a chunk's result: `len` target bytes at `target`, copied from `basis` or
+/// carried as a literal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Copy { basis: usize, len: usize },
-    Literal { target: usize, len: usize },
+pub(crate) struct Op {
+    pub(crate) target: usize,
+    pub(crate) len: usize,
+    pub(crate) basis: Option<usize>,
 }
 
 /// Dense hash-chain index of one hinted basis range (reused between hints of a worker).
@@ -350,6 +357,7 @@ pub fn diff<W: Write>(
         for _ in 0..threads {
             s.spawn(|| {
                 let mut m = ChunkMatcher::new(index, target, &hints);
+                let mut refine = Refiner::new(&index.opts);
                 loop {
                     let c = next.fetch_add(1, Ordering::Relaxed);
                     if c >= chunks {
@@ -357,6 +365,7 @@ pub fn diff<W: Write>(
                     }
                     let range = c * chunk..((c + 1) * chunk).min(target.len());
                     let ops = m.run(range);
+                    let ops = refine.refine(ops, target);
                     if let Ok(mut slot) = results[c].lock() {
                         *slot = ops;
                     }
@@ -371,21 +380,21 @@ pub fn diff<W: Write>(
             .into_inner()
             .map_err(|_| io::Error::other("matcher worker panicked"))?;
         for op in ops {
-            match op {
-                Op::Literal { target: t, len } => match &mut pending {
-                    Some((s, l)) if *s + *l == t => *l += len,
+            match op.basis {
+                None => match &mut pending {
+                    Some((s, l)) if *s + *l == op.target => *l += op.len,
                     _ => {
                         if let Some((s, l)) = pending.take() {
                             w.literal(&target[s..s + l])?;
                         }
-                        pending = Some((t, len));
+                        pending = Some((op.target, op.len));
                     }
                 },
-                Op::Copy { basis, len } => {
+                Some(basis) => {
                     if let Some((s, l)) = pending.take() {
                         w.literal(&target[s..s + l])?;
                     }
-                    w.copy(basis as u64, len as u64)?;
+                    w.copy(basis as u64, op.len as u64)?;
                 }
             }
         }
@@ -542,14 +551,16 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
             });
             if let Some(f) = accept {
                 if f.start > lit {
-                    ops.push(Op::Literal {
+                    ops.push(Op {
                         target: lit,
                         len: f.start - lit,
+                        basis: None,
                     });
                 }
-                ops.push(Op::Copy {
-                    basis: f.basis,
+                ops.push(Op {
+                    target: f.start,
                     len: f.len,
+                    basis: Some(f.basis),
                 });
                 debug_assert_eq!(t[f.start..f.start + f.len], b[f.basis..f.basis + f.len]);
                 let d = f.basis as isize - f.start as isize;
@@ -569,9 +580,10 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
             }
         }
         if lit < ce {
-            ops.push(Op::Literal {
+            ops.push(Op {
                 target: lit,
                 len: ce - lit,
+                basis: None,
             });
         }
         ops
