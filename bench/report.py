@@ -267,7 +267,12 @@ def pair_table(r):
         yes_no(be["verified"]), "–", "yes", yes_no(dc.get("rdiff_all_ok")))
     row("applied image: config digest / diff_ids / rehashed layers = target",
         " / ".join(yes_no(ac.get(k)) for k in ("config_digest_match", "diff_ids_match", "layers_rehashed_ok")),
-        "–", "decoded = B.tar: " + yes_no(xd["apply_reproduces_target"]), "yes", yes_no(ac.get("ok")))
+        "–", "decoded = B.tar: " + yes_no(xd["apply_reproduces_target"]), "yes",
+        "**no**" if a is not None and not ok_apply else yes_no(ac.get("ok")))
+    manifest_total = (ours["delta_check"] or {}).get("layer_bytes_total")
+    if ours["delta_bytes_from"] == "delta inspect" and manifest_total not in (None, ours["delta_bytes"]):
+        lines += ["", f"Note: `delta inspect` reports {num(ours['delta_bytes'])} B, the layer blobs in the delta "
+                  f"manifest add up to {num(manifest_total)} B."]
     if ours["delta_bytes_from"] and ours["delta_bytes_from"] != "delta inspect":
         lines += ["", f"Our delta bytes come from the {ours['delta_bytes_from']} (`delta inspect` gave no "
                   "`total_compressed_bytes`)."]

@@ -9,11 +9,12 @@
 #   BRU_BIN       use this balena-release-update binary instead of building one
 #   RESULTS_JSON  also keep the raw measurements as JSON at this path
 #   KEEP_WORK=1   keep the scratch directory (deltas, applied images, logs)
+#   STEP_TIMEOUT  seconds before one of our steps is killed (default 900)
 # Needs: rdiff, xdelta3, gzip, python3, GNU time (/usr/bin/time), cargo.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-[ $# -ge 1 ] && [ $# -le 2 ] || { sed -n '2,13p' "$0"; exit 2; }
+[ $# -ge 1 ] && [ $# -le 2 ] || { sed -n '2,14p' "$0"; exit 2; }
 corpus=$(cd "$1" && pwd)
 out_md=$(realpath -m "${2:-$repo/BENCHMARKS.md}")
 v3_baseline=${V3_BASELINE:-$repo/../shared/bench/v3_baseline.py}
@@ -37,6 +38,14 @@ mkdir -p "$res"
 # tagged LAYOUT TAG: does the OCI layout's index.json name TAG? (a step that exits 0 must also write its image)
 tagged() { grep -qsE "\"org\.opencontainers\.image\.ref\.name\" *: *\"$2\"" "$1/index.json"; }
 
+# failed NAME WHAT: record why step NAME counts as failed (exit code, missing image, last stderr line).
+failed() {
+  local why="exit $(cat "$res/$1.rc"), $2"
+  [ -s "$res/$1.err" ] && why+="; stderr: $(tail -n 1 "$res/$1.err")"
+  echo "$why" >"$res/$1.failed"
+  log "$1 failed: $why"
+}
+
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # timed NAME CMD...: run CMD under GNU time; NAME.{time,out,err,rc} land in the results directory.
@@ -48,6 +57,8 @@ timed() {
   return "$rc"
 }
 
+ours_timeout=(timeout "${STEP_TIMEOUT:-900}")
+
 uptime >"$res/load_start.txt"
 date -u +%Y-%m-%dT%H:%M:%SZ >"$res/date.txt"
 
@@ -58,7 +69,8 @@ if [ -z "$bin" ]; then
   if (cd "$repo" && timed cargo_build nice cargo build --release -p balena-release-update); then
     bin=${CARGO_TARGET_DIR:-$repo/target}/release/balena-release-update
   else
-    echo "cargo build failed (see the log)" >"$res/ours_unavailable.txt"
+    echo "cargo build failed: $(grep -m 1 '^error' "$res/cargo_build.err" || tail -n 1 "$res/cargo_build.err")" \
+      >"$res/ours_unavailable.txt"
   fi
 fi
 if [ -n "$bin" ] && [[ $("$bin" delta --help 2>&1 || true) != *create* ]]; then
@@ -95,27 +107,25 @@ for spec in "${pairs[@]}"; do
   # (c) ours: create, inspect, apply, then check the delta with rdiff and the applied image
   [ -n "$bin" ] || continue
   log "$p: balena-release-update delta create"
-  timed "$p.create" "$bin" delta create --source "oci:$layout:$src" --target "oci:$layout:$dst" \
+  timed "$p.create" "${ours_timeout[@]}" "$bin" delta create --source "oci:$layout:$src" --target "oci:$layout:$dst" \
     --output "oci:$work/out:delta-$p" || true
   if [ "$(cat "$res/$p.create.rc")" != 0 ] || ! tagged "$work/out" "delta-$p"; then
-    echo "exit $(cat "$res/$p.create.rc"), no image delta-$p in the output layout" >"$res/$p.create.failed"
-    log "$p: delta create failed: $(cat "$res/$p.create.failed")"
+    failed "$p.create" "image delta-$p missing from the output layout"
     continue
   fi
-  "$bin" delta inspect "oci:$work/out:delta-$p" >"$res/$p.inspect.json" 2>"$res/$p.inspect.err" \
+  "${ours_timeout[@]}" "$bin" delta inspect "oci:$work/out:delta-$p" >"$res/$p.inspect.json" 2>"$res/$p.inspect.err" \
     || log "$p: delta inspect failed"
   log "$p: checking the delta layers with rdiff patch"
   python3 "$repo/bench/ocicheck.py" delta "$layout" "$src" "$layout" "$dst" "$work/out" "delta-$p" \
     >"$res/$p.deltacheck.json" || log "$p: delta check failed"
   log "$p: balena-release-update delta apply"
-  timed "$p.apply" "$bin" delta apply --source "oci:$layout:$src" --delta "oci:$work/out:delta-$p" \
+  timed "$p.apply" "${ours_timeout[@]}" "$bin" delta apply --source "oci:$layout:$src" --delta "oci:$work/out:delta-$p" \
     --output "oci:$work/applied:$p" || true
   if [ "$(cat "$res/$p.apply.rc")" = 0 ] && tagged "$work/applied" "$p"; then
     python3 "$repo/bench/ocicheck.py" applied "$layout" "$dst" "$work/applied" "$p" \
       >"$res/$p.appliedcheck.json" || log "$p: applied image differs from the target"
   else
-    echo "exit $(cat "$res/$p.apply.rc"), no image $p in the output layout" >"$res/$p.apply.failed"
-    log "$p: delta apply failed: $(cat "$res/$p.apply.failed")"
+    failed "$p.apply" "image $p missing from the output layout"
   fi
 done
 
