@@ -58,6 +58,13 @@ fn normalize(p: &str) -> String {
     parts.join("/")
 }
 
+/// The short form Docker shows for a `REPO:TAG` (skopeo writes `RepoTags` fully qualified,
+/// Docker writes them short), so that both spellings select the same image.
+fn familiar(repo_tag: &str) -> &str {
+    let s = repo_tag.strip_prefix("docker.io/").unwrap_or(repo_tag);
+    s.strip_prefix("library/").unwrap_or(s)
+}
+
 /// Reads a docker-archive.
 #[derive(Debug)]
 pub(crate) struct ArchiveSource {
@@ -133,7 +140,7 @@ impl ArchiveSource {
             Some(rt) => entries.iter().find(|e| {
                 e.repo_tags
                     .as_ref()
-                    .is_some_and(|t| t.iter().any(|x| x == rt))
+                    .is_some_and(|t| t.iter().any(|x| familiar(x) == familiar(rt)))
             }),
             None if entries.len() == 1 => entries.first(),
             None => {

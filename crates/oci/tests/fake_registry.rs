@@ -17,6 +17,9 @@ use bru_oci::{
 };
 use common::read_blob;
 
+/// Query parameters of one request, by name.
+type Params = HashMap<String, Vec<String>>;
+
 #[derive(Default)]
 struct Fake {
     /// path -> (status, content type, body)
@@ -27,7 +30,7 @@ struct Fake {
     /// Every request seen: (path, authorization header).
     log: Vec<(String, Option<String>)>,
     /// Token requests seen: (query, authorization header).
-    token_log: Vec<(HashMap<String, Vec<String>>, Option<String>)>,
+    token_log: Vec<(Params, Option<String>)>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -76,7 +79,7 @@ async fn token(
     headers: HeaderMap,
 ) -> Response {
     let mut f = s.lock().unwrap();
-    let mut query: HashMap<String, Vec<String>> = HashMap::new();
+    let mut query: Params = HashMap::new();
     for (k, v) in q {
         query.entry(k).or_default().push(v);
     }
