@@ -1,7 +1,7 @@
 //! Measures the matcher on real layers (a benchmark aid, not a test).
 //!
 //! usage: measure BASIS_TAR [BASIS_TAR...] -- TARGET_TAR [TARGET_TAR...] [--no-hints] [--rdiff]
-//!        [--out DIR] [--window N] [--spacing N] [--min-copy N] [--min-rep N] [--hint-window N]
+//!        [--out DIR (save deltas)] [--window N] [--spacing N] [--min-copy N] [--min-rep N] [--hint-window N]
 //!        [--max-chain N] [--threads N] [--chunk N]
 //!
 //! The basis is the concatenation of the BASIS_TARs (as balena-engine builds it). For every target
@@ -20,7 +20,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut opts = MatchOptions::default();
     let (mut basis_files, mut target_files) = (Vec::new(), Vec::new());
-    let (mut hints_on, mut rdiff, mut out_dir) = (true, false, std::env::temp_dir());
+    let (mut hints_on, mut rdiff, mut out_dir, mut save) =
+        (true, false, std::env::temp_dir(), false);
     let mut in_target = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -30,7 +31,10 @@ fn main() {
             "--no-hints" => hints_on = false,
             "--rdiff" => rdiff = true,
             "--no-refine" => opts.refine = false,
-            "--out" => out_dir = it.next().expect("dir").into(),
+            "--out" => {
+                out_dir = it.next().expect("dir").into();
+                save = true;
+            }
             "--window" => opts.window = num(),
             "--spacing" => opts.anchor_spacing = num(),
             "--min-copy" => opts.min_copy = num(),
@@ -81,6 +85,9 @@ fn main() {
             .file_name()
             .unwrap()
             .to_string_lossy();
+        if save {
+            std::fs::write(out_dir.join(format!("{name}.delta")), &delta).unwrap();
+        }
         let rd = if rdiff {
             let d = out_dir.join(format!("{name}.delta"));
             std::fs::write(&d, &delta).unwrap();

@@ -452,6 +452,8 @@ struct Found {
 }
 
 const MAX_REPS: usize = 4;
+/// A candidate at least this long is taken without searching the hint's hash chains.
+const GOOD_ENOUGH: usize = 256;
 
 impl<'i, 'a> ChunkMatcher<'i, 'a> {
     fn new(
@@ -517,8 +519,14 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
                     consider(q, true, &mut best);
                 }
             }
-            if let Some((_, hb)) = hint {
-                if p + hw <= t.len() && hb.len() >= hw {
+            if let Some((ht, hb)) = hint {
+                // The hint's own diagonal: the old file at the same relative offset.
+                let q = hb.start + (p - ht.start);
+                if q < hb.end {
+                    consider(q, true, &mut best);
+                }
+                let good = best.is_some_and(|f| f.len >= GOOD_ENOUGH);
+                if !good && p + hw <= t.len() && hb.len() >= hw {
                     let id = hi;
                     if self.hint_index.hint != Some(id) {
                         self.hint_index.build(id, &b[hb.clone()], hb.start, opts);
