@@ -1,0 +1,227 @@
+//! `balena-release-update delta create|apply|inspect`: the delta engine on the command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use bru_delta::{ApplyOptions, CreateOptions, Event, Format, Progress, Step};
+use bru_oci::{Credentials, ImageReference, Platform, RegistryOptions};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Build, apply and inspect balena v3 delta images.
+#[derive(Debug, Subcommand)]
+pub enum DeltaCommand {
+    /// Build the v3 delta image that turns SOURCE into TARGET on a balena device.
+    ///
+    /// Every delta layer is applied in-process and checked against the target's DiffID
+    /// before anything is written. Prints a JSON description of the delta image.
+    Create {
+        /// The image the device has (oci:DIR[:TAG], docker-archive:FILE, docker://HOST/REPO[:TAG|@DIGEST]).
+        #[arg(long, value_name = "IMAGE")]
+        source: ImageReference,
+        /// The image the device should end up with.
+        #[arg(long, value_name = "IMAGE")]
+        target: ImageReference,
+        /// Where to write the delta image.
+        #[arg(long, value_name = "IMAGE")]
+        output: ImageReference,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Rebuild the target image from SOURCE and a delta image, as a device does.
+    ///
+    /// Every rebuilt layer is checked against the target's DiffID; the output has the
+    /// target's exact config bytes (same image ID). Prints a JSON summary.
+    Apply {
+        /// The image the delta was built against.
+        #[arg(long, value_name = "IMAGE")]
+        source: ImageReference,
+        /// The delta image.
+        #[arg(long, value_name = "IMAGE")]
+        delta: ImageReference,
+        /// Where to write the rebuilt image.
+        #[arg(long, value_name = "IMAGE")]
+        output: ImageReference,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Describe a delta image as JSON: layers, common prefix, compressed sizes, labels.
+    Inspect {
+        /// The delta image.
+        #[arg(value_name = "IMAGE")]
+        image: ImageReference,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+/// Options shared by `create` and `apply`.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Manifest flavour to write [default: oci for oci: outputs, docker otherwise].
+    #[arg(long, value_enum)]
+    format: Option<ManifestFlavour>,
+    /// Directory for temporary files (decompressed layers) [default: the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Registry access options.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure: Vec<String>,
+    /// Registry credentials USER:PASSWORD [default: ~/.docker/config.json].
+    #[arg(long, value_name = "USER:PASSWORD", env = "BRU_REGISTRY_CREDS", hide_env_values = true)]
+    creds: Option<String>,
+    /// Platform to pick from a multi-platform image: OS/ARCH[/VARIANT].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", default_value = "linux/amd64")]
+    platform: String,
+}
+
+/// Manifest flavours.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ManifestFlavour {
+    /// Docker schema 2 (what balena-engine pushes).
+    Docker,
+    /// OCI image manifest.
+    Oci,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> anyhow::Result<RegistryOptions> {
+        let mut opts = RegistryOptions::default();
+        opts.insecure = self.insecure.clone();
+        if let Some(creds) = &self.creds {
+            let Some((username, password)) = creds.split_once(':') else {
+                bail!("--creds must be USER:PASSWORD");
+            };
+            opts.credentials = Some(Credentials {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            });
+        }
+        let parts: Vec<&str> = self.platform.split('/').collect();
+        opts.platform = match parts.as_slice() {
+            [os, arch] => Platform { os: (*os).into(), architecture: (*arch).into(), variant: None },
+            [os, arch, variant] => Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: Some((*variant).into()),
+            },
+            _ => bail!("invalid --platform {:?}: expected OS/ARCH[/VARIANT]", self.platform),
+        };
+        Ok(opts)
+    }
+}
+
+fn format_for(output: &ImageReference, flavour: Option<ManifestFlavour>) -> Format {
+    match flavour {
+        Some(ManifestFlavour::Docker) => Format::Docker,
+        Some(ManifestFlavour::Oci) => Format::Oci,
+        None if matches!(output, ImageReference::OciLayout { .. }) => Format::Oci,
+        None => Format::Docker,
+    }
+}
+
+/// Runs a `delta` subcommand; prints its JSON result on stdout.
+pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
+    let json = match cmd {
+        DeltaCommand::Create { source, target, output, common } => {
+            let opts = common.registry.options()?;
+            let src = bru_oci::open_source(&source, &opts).await.with_context(|| format!("open {source}"))?;
+            let dst = bru_oci::open_source(&target, &opts).await.with_context(|| format!("open {target}"))?;
+            let sink = bru_oci::open_sink(&output, &opts).await.with_context(|| format!("open {output}"))?;
+            let create = CreateOptions {
+                workdir: common.workdir,
+                format: format_for(&output, common.format),
+                ..CreateOptions::default()
+            };
+            let info = bru_delta::create(&*src, &*dst, &*sink, &create, progress())
+                .await
+                .context("create delta")?;
+            serde_json::to_string_pretty(&info)?
+        }
+        DeltaCommand::Apply { source, delta, output, common } => {
+            let opts = common.registry.options()?;
+            let src = bru_oci::open_source(&source, &opts).await.with_context(|| format!("open {source}"))?;
+            let d = bru_oci::open_source(&delta, &opts).await.with_context(|| format!("open {delta}"))?;
+            let sink = bru_oci::open_sink(&output, &opts).await.with_context(|| format!("open {output}"))?;
+            let apply = ApplyOptions { workdir: common.workdir, format: format_for(&output, common.format) };
+            let info = bru_delta::apply(&*src, &*d, &*sink, &apply, progress())
+                .await
+                .context("apply delta")?;
+            serde_json::to_string_pretty(&info)?
+        }
+        DeltaCommand::Inspect { image, registry } => {
+            let opts = registry.options()?;
+            let d = bru_oci::open_source(&image, &opts).await.with_context(|| format!("open {image}"))?;
+            let info = bru_delta::inspect(&*d).await.context("inspect delta")?;
+            serde_json::to_string_pretty(&info)?
+        }
+    };
+    println!("{json}");
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+fn progress() -> Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        Arc::new(Bars::default())
+    } else {
+        Arc::new(bru_delta::NoProgress)
+    }
+}
+
+#[derive(Default)]
+struct Bars {
+    current: Mutex<Option<ProgressBar>>,
+}
+
+fn step_label(step: Step) -> String {
+    match step {
+        Step::FetchSource => "fetching source layers".into(),
+        Step::FetchTarget => "fetching target layers".into(),
+        Step::Index => "indexing basis".into(),
+        Step::Encode { layer } => format!("encoding layer {layer}"),
+        Step::Rebuild { layer } => format!("rebuilding layer {layer}"),
+        Step::Publish => "writing image".into(),
+        _ => "working".into(),
+    }
+}
+
+impl Progress for Bars {
+    fn event(&self, event: Event) {
+        let Ok(mut current) = self.current.lock() else { return };
+        match event {
+            Event::Begin { step, total } => {
+                let bar = match total {
+                    Some(total) => ProgressBar::new(total).with_style(
+                        ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                    ),
+                    None => ProgressBar::new_spinner(),
+                };
+                bar.set_message(step_label(step));
+                *current = Some(bar);
+            }
+            Event::Advance { done } => {
+                if let Some(bar) = current.as_ref() {
+                    bar.set_position(done);
+                }
+            }
+            Event::End { .. } => {
+                if let Some(bar) = current.take() {
+                    bar.finish_and_clear();
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The main job: describe (and optionally prepare and wait for) an update.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bru_balena::{BalenaClient, Settings};
+use bru_core::{get_update_info, prepare_update, PrepareOptions, ReleaseRef, UpdateInfo};
+use clap::Args;
+
+/// Exit code when waiting timed out.
+const EXIT_TIMEOUT: u8 = 124;
+
+/// Flags of the main job.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Source release: a release id, or a commit hash prefix (6-32 alphanumerics).
+    #[arg(long, value_name = "RELEASE")]
+    from_release: Option<String>,
+
+    /// Target release: a release id, or a commit hash prefix (6-32 alphanumerics).
+    #[arg(long, value_name = "RELEASE")]
+    to_release: Option<String>,
+
+    /// Ask the delta server for the missing deltas.
+    #[arg(long)]
+    prepare: bool,
+
+    /// Prepare, then wait until the update is ready.
+    #[arg(long)]
+    wait: bool,
+
+    /// Prepare and wait at most N seconds (0 times out at once).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    timeout: Option<String>,
+
+    /// Seconds between two checks while waiting (fractions allowed).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "20",
+        allow_hyphen_values = true
+    )]
+    poll_interval: String,
+}
+
+/// What the flags ask for, validated.
+#[derive(Debug, PartialEq)]
+struct Job {
+    from: ReleaseRef,
+    to: ReleaseRef,
+    prepare: Option<PrepareOptions>,
+}
+
+impl UpdateArgs {
+    fn job(self) -> anyhow::Result<Job> {
+        let (Some(from), Some(to)) = (self.from_release, self.to_release) else {
+            bail!("Must specify both a source and a target release");
+        };
+        let from = parse_release(&from, "--from-release")?;
+        let to = parse_release(&to, "--to-release")?;
+        let timeout = self
+            .timeout
+            .map(|t| {
+                parse_integer(&t)
+                    .map(Duration::from_secs)
+                    .with_context(|| format!("Invalid value for --timeout option: {t}"))
+            })
+            .transpose()?;
+        let poll_interval = self
+            .poll_interval
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .with_context(|| {
+                format!(
+                    "Invalid value for --poll-interval option: {}",
+                    self.poll_interval
+                )
+            })?;
+        let wait = self.wait || timeout.is_some();
+        let prepare = (self.prepare || wait).then(|| PrepareOptions {
+            wait,
+            timeout,
+            poll_interval,
+            ..PrepareOptions::default()
+        });
+        Ok(Job { from, to, prepare })
+    }
+}
+
+/// A canonical non-negative decimal integer (what `parseInt` round-trips).
+fn parse_integer(s: &str) -> anyhow::Result<u64> {
+    let n: u64 = s.parse()?;
+    anyhow::ensure!(n.to_string() == s, "not canonical");
+    Ok(n)
+}
+
+/// A release argument: an id if it is a canonical integer (up to 2^53 - 1, as in
+/// JavaScript), else a commit prefix if it contains 6-32 ASCII alphanumerics in a row.
+fn parse_release(value: &str, flag: &str) -> anyhow::Result<ReleaseRef> {
+    const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+    if let Some(id) = parse_integer(value)
+        .ok()
+        .filter(|id| *id <= MAX_SAFE_INTEGER)
+    {
+        return Ok(ReleaseRef::Id(id));
+    }
+    let longest_run = value
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if longest_run >= 6 {
+        return Ok(ReleaseRef::Commit(value.to_owned()));
+    }
+    bail!("Invalid value for {flag} option: {value}")
+}
+
+/// Runs the main job and prints the JSON report on stdout.
+pub async fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
+    let job = args.job()?;
+    let settings = Settings::from_process_env()?;
+    tracing::debug!(?settings, "settings");
+    let client = BalenaClient::new(&settings)?;
+    let result = match &job.prepare {
+        None => get_update_info(&job.from, &job.to, &client).await,
+        Some(options) => prepare_update(&job.from, &job.to, &client, options).await,
+    };
+    match result {
+        Ok(info) => {
+            print_report(&info)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(bru_core::Error::Timeout { waited, last }) => {
+            print_report(&last)?;
+            let error = bru_core::Error::Timeout { waited, last };
+            eprintln!("ERROR: {error}");
+            Ok(ExitCode::from(EXIT_TIMEOUT))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Pretty JSON with two-space indentation and a final newline, like
+/// `JSON.stringify(x, null, 2)` followed by `console.log`.
+fn print_report(info: &UpdateInfo) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let json = serde_json::to_string_pretty(info)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{json}").context("write the report")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(s: &str) -> Result<ReleaseRef, String> {
+        parse_release(s, "--from-release").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn release_arguments_parse_like_the_original() {
+        assert_eq!(release("900813"), Ok(ReleaseRef::Id(900813)));
+        // All-digit prefixes that round-trip are ids; others are commits.
+        assert_eq!(release("1234567"), Ok(ReleaseRef::Id(1234567)));
+        assert_eq!(release("0123456"), Ok(ReleaseRef::Commit("0123456".into())));
+        assert_eq!(release("84d3d8f"), Ok(ReleaseRef::Commit("84d3d8f".into())));
+        assert_eq!(
+            release("foo-bar-abcdef"),
+            Ok(ReleaseRef::Commit("foo-bar-abcdef".into()))
+        );
+        let sha = "84d3d8f43eddd81b1699552dd39338f8dbf8b11e";
+        assert_eq!(release(sha), Ok(ReleaseRef::Commit(sha.into())));
+        assert_eq!(
+            release("12345678901234567890"),
+            Ok(ReleaseRef::Commit("12345678901234567890".into()))
+        );
+        for bad in ["abc", "", "1234x", "ab-cd-ef", "0123"] {
+            assert_eq!(
+                release(bad),
+                Err(format!("Invalid value for --from-release option: {bad}"))
+            );
+        }
+    }
+
+    fn args(list: &[&str]) -> UpdateArgs {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: UpdateArgs,
+        }
+        let mut argv = vec!["x"];
+        argv.extend_from_slice(list);
+        Wrapper::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn flags_imply_each_other() {
+        let base = ["--from-release", "1", "--to-release", "2"];
+        let job = args(&base).job().unwrap();
+        assert_eq!(job.prepare, None);
+        let job = args(&[&base[..], &["--prepare"]].concat()).job().unwrap();
+        assert!(!job.prepare.unwrap().wait);
+        let job = args(&[&base[..], &["--wait"]].concat()).job().unwrap();
+        let options = job.prepare.unwrap();
+        assert!(options.wait);
+        assert_eq!(options.timeout, None);
+        assert_eq!(options.poll_interval, Duration::from_secs(20));
+        let job = args(&[&base[..], &["--timeout", "0", "--poll-interval", "0.05"]].concat())
+            .job()
+            .unwrap();
+        let options = job.prepare.unwrap();
+        assert!(options.wait);
+        assert_eq!(options.timeout, Some(Duration::ZERO));
+        assert_eq!(options.poll_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bad_values_are_reported_like_the_original() {
+        let err = |list: &[&str]| args(list).job().unwrap_err().to_string();
+        assert_eq!(
+            err(&["--from-release", "1"]),
+            "Must specify both a source and a target release"
+        );
+        let base = ["--from-release", "1", "--to-release", "2"];
+        assert_eq!(
+            err(&[&base[..], &["--timeout", "1.5"]].concat()),
+            "Invalid value for --timeout option: 1.5"
+        );
+        assert_eq!(
+            err(&[&base[..], &["--timeout", "-1"]].concat()),
+            "Invalid value for --timeout option: -1"
+        );
+        for bad in ["0", "-1", "x", "inf", "NaN"] {
+            assert_eq!(
+                err(&[&base[..], &["--poll-interval", bad]].concat()),
+                format!("Invalid value for --poll-interval option: {bad}")
+            );
+        }
+        assert_eq!(
+            err(&["--from-release", "1", "--to-release", "abc"]),
+            "Invalid value for --to-release option: abc"
+        );
+    }
+}
