@@ -112,12 +112,13 @@ def collect_pair(res, pair):
     delta_check = read_json(os.path.join(res, pair + ".deltacheck.json"))
     total = find_key(inspect, "total_compressed_bytes") if inspect is not None else None
     source = "delta inspect" if total is not None else None
-    if total is None and delta_check and "layer_bytes_total" in delta_check:
-        total, source = delta_check["layer_bytes_total"], "layer blob sizes in the delta manifest"
+    if total is None and delta_check and "layer_bytes_beyond_prefix" in delta_check:
+        total, source = delta_check["layer_bytes_beyond_prefix"], "delta manifest (layers above the common prefix)"
     created = ok(create)
     r["ours"] = {
         "delta_bytes": total if created else None,
         "delta_bytes_from": source if created else None,
+        "download_bytes": find_key(inspect, "download_bytes") if created and inspect is not None else None,
         "create": create,
         "apply": gnu_time(res, pair + ".apply"),
         "delta_check": delta_check,
@@ -269,10 +270,13 @@ def pair_table(r):
         " / ".join(yes_no(ac.get(k)) for k in ("config_digest_match", "diff_ids_match", "layers_rehashed_ok")),
         "–", "decoded = B.tar: " + yes_no(xd["apply_reproduces_target"]), "yes",
         "**no**" if a is not None and not ok_apply else yes_no(ac.get("ok")))
-    manifest_total = (ours["delta_check"] or {}).get("layer_bytes_total")
+    manifest_total = (ours["delta_check"] or {}).get("layer_bytes_beyond_prefix")
     if ours["delta_bytes_from"] == "delta inspect" and manifest_total not in (None, ours["delta_bytes"]):
-        lines += ["", f"Note: `delta inspect` reports {num(ours['delta_bytes'])} B, the layer blobs in the delta "
-                  f"manifest add up to {num(manifest_total)} B."]
+        lines += ["", f"Note: `delta inspect` reports {num(ours['delta_bytes'])} B, the delta layers above the "
+                  f"common prefix in the delta manifest add up to {num(manifest_total)} B."]
+    if ours["download_bytes"] is not None:
+        lines += ["", f"With the delta image's config blob (it carries the target config verbatim) a device "
+                  f"downloads {num(ours['download_bytes'])} B of our delta."]
     if ours["delta_bytes_from"] and ours["delta_bytes_from"] != "delta inspect":
         lines += ["", f"Our delta bytes come from the {ours['delta_bytes_from']} (`delta inspect` gave no "
                   "`total_compressed_bytes`)."]

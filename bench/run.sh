@@ -38,9 +38,12 @@ mkdir -p "$res"
 # tagged LAYOUT TAG: does the OCI layout's index.json name TAG? (a step that exits 0 must also write its image)
 tagged() { grep -qsE "\"org\.opencontainers\.image\.ref\.name\" *: *\"$2\"" "$1/index.json"; }
 
-# failed NAME WHAT: record why step NAME counts as failed (exit code, missing image, last stderr line).
+# failed NAME IMAGE: record why step NAME counts as failed (exit code, missing image, last stderr line).
 failed() {
-  local why="exit $(cat "$res/$1.rc"), $2"
+  local rc why
+  rc=$(cat "$res/$1.rc")
+  why="exit $rc"
+  [ "$rc" = 0 ] && why+=", but no image $2 in the output layout"
   [ -s "$res/$1.err" ] && why+="; stderr: $(tail -n 1 "$res/$1.err")"
   echo "$why" >"$res/$1.failed"
   log "$1 failed: $why"
@@ -110,7 +113,7 @@ for spec in "${pairs[@]}"; do
   timed "$p.create" "${ours_timeout[@]}" "$bin" delta create --source "oci:$layout:$src" --target "oci:$layout:$dst" \
     --output "oci:$work/out:delta-$p" || true
   if [ "$(cat "$res/$p.create.rc")" != 0 ] || ! tagged "$work/out" "delta-$p"; then
-    failed "$p.create" "image delta-$p missing from the output layout"
+    failed "$p.create" "delta-$p"
     continue
   fi
   "${ours_timeout[@]}" "$bin" delta inspect "oci:$work/out:delta-$p" >"$res/$p.inspect.json" 2>"$res/$p.inspect.err" \
@@ -125,7 +128,7 @@ for spec in "${pairs[@]}"; do
     python3 "$repo/bench/ocicheck.py" applied "$layout" "$dst" "$work/applied" "$p" \
       >"$res/$p.appliedcheck.json" || log "$p: applied image differs from the target"
   else
-    failed "$p.apply" "image $p missing from the output layout"
+    failed "$p.apply" "$p"
   fi
 done
 
