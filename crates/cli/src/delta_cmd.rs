@@ -77,7 +77,12 @@ pub struct RegistryArgs {
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure: Vec<String>,
     /// Registry credentials USER:PASSWORD [default: ~/.docker/config.json].
-    #[arg(long, value_name = "USER:PASSWORD", env = "BRU_REGISTRY_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "BRU_REGISTRY_CREDS",
+        hide_env_values = true
+    )]
     creds: Option<String>,
     /// Platform to pick from a multi-platform image: OS/ARCH[/VARIANT].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", default_value = "linux/amd64")]
@@ -108,13 +113,20 @@ impl RegistryArgs {
         }
         let parts: Vec<&str> = self.platform.split('/').collect();
         opts.platform = match parts.as_slice() {
-            [os, arch] => Platform { os: (*os).into(), architecture: (*arch).into(), variant: None },
+            [os, arch] => Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: None,
+            },
             [os, arch, variant] => Platform {
                 os: (*os).into(),
                 architecture: (*arch).into(),
                 variant: Some((*variant).into()),
             },
-            _ => bail!("invalid --platform {:?}: expected OS/ARCH[/VARIANT]", self.platform),
+            _ => bail!(
+                "invalid --platform {:?}: expected OS/ARCH[/VARIANT]",
+                self.platform
+            ),
         };
         Ok(opts)
     }
@@ -132,11 +144,22 @@ fn format_for(output: &ImageReference, flavour: Option<ManifestFlavour>) -> Form
 /// Runs a `delta` subcommand; prints its JSON result on stdout.
 pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
     let json = match cmd {
-        DeltaCommand::Create { source, target, output, common } => {
+        DeltaCommand::Create {
+            source,
+            target,
+            output,
+            common,
+        } => {
             let opts = common.registry.options()?;
-            let src = bru_oci::open_source(&source, &opts).await.with_context(|| format!("open {source}"))?;
-            let dst = bru_oci::open_source(&target, &opts).await.with_context(|| format!("open {target}"))?;
-            let sink = bru_oci::open_sink(&output, &opts).await.with_context(|| format!("open {output}"))?;
+            let src = bru_oci::open_source(&source, &opts)
+                .await
+                .with_context(|| format!("open {source}"))?;
+            let dst = bru_oci::open_source(&target, &opts)
+                .await
+                .with_context(|| format!("open {target}"))?;
+            let sink = bru_oci::open_sink(&output, &opts)
+                .await
+                .with_context(|| format!("open {output}"))?;
             let create = CreateOptions {
                 workdir: common.workdir,
                 format: format_for(&output, common.format),
@@ -147,12 +170,26 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 .context("create delta")?;
             serde_json::to_string_pretty(&info)?
         }
-        DeltaCommand::Apply { source, delta, output, common } => {
+        DeltaCommand::Apply {
+            source,
+            delta,
+            output,
+            common,
+        } => {
             let opts = common.registry.options()?;
-            let src = bru_oci::open_source(&source, &opts).await.with_context(|| format!("open {source}"))?;
-            let d = bru_oci::open_source(&delta, &opts).await.with_context(|| format!("open {delta}"))?;
-            let sink = bru_oci::open_sink(&output, &opts).await.with_context(|| format!("open {output}"))?;
-            let apply = ApplyOptions { workdir: common.workdir, format: format_for(&output, common.format) };
+            let src = bru_oci::open_source(&source, &opts)
+                .await
+                .with_context(|| format!("open {source}"))?;
+            let d = bru_oci::open_source(&delta, &opts)
+                .await
+                .with_context(|| format!("open {delta}"))?;
+            let sink = bru_oci::open_sink(&output, &opts)
+                .await
+                .with_context(|| format!("open {output}"))?;
+            let apply = ApplyOptions {
+                workdir: common.workdir,
+                format: format_for(&output, common.format),
+            };
             let info = bru_delta::apply(&*src, &*d, &*sink, &apply, progress())
                 .await
                 .context("apply delta")?;
@@ -160,7 +197,9 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
         }
         DeltaCommand::Inspect { image, registry } => {
             let opts = registry.options()?;
-            let d = bru_oci::open_source(&image, &opts).await.with_context(|| format!("open {image}"))?;
+            let d = bru_oci::open_source(&image, &opts)
+                .await
+                .with_context(|| format!("open {image}"))?;
             let info = bru_delta::inspect(&*d).await.context("inspect delta")?;
             serde_json::to_string_pretty(&info)?
         }
@@ -197,14 +236,18 @@ fn step_label(step: Step) -> String {
 
 impl Progress for Bars {
     fn event(&self, event: Event) {
-        let Ok(mut current) = self.current.lock() else { return };
+        let Ok(mut current) = self.current.lock() else {
+            return;
+        };
         match event {
             Event::Begin { step, total } => {
                 let bar = match total {
                     Some(total) => ProgressBar::new(total).with_style(
-                        ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "{msg:24} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                     ),
                     None => ProgressBar::new_spinner(),
                 };
