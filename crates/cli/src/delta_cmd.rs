@@ -63,6 +63,10 @@ pub struct CommonArgs {
     /// Manifest flavour to write [default: oci for oci: outputs, docker otherwise].
     #[arg(long, value_enum)]
     format: Option<ManifestFlavour>,
+    /// gzip level of the written layers, 1-9, or 0 for uncompressed tars
+    /// [default: 9 for delta layers (smallest download), 1 for rebuilt layers (fast)].
+    #[arg(long, value_name = "0-9", value_parser = clap::value_parser!(u32).range(0..=9))]
+    gzip_level: Option<u32>,
     /// Directory for temporary files (decompressed layers) [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
@@ -163,7 +167,9 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             let create = CreateOptions {
                 workdir: common.workdir,
                 format: format_for(&output, common.format),
-                ..CreateOptions::default()
+                gzip_level: common
+                    .gzip_level
+                    .unwrap_or(CreateOptions::default().gzip_level),
             };
             let info = bru_delta::create(&*src, &*dst, &*sink, &create, progress())
                 .await
@@ -189,6 +195,9 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             let apply = ApplyOptions {
                 workdir: common.workdir,
                 format: format_for(&output, common.format),
+                gzip_level: common
+                    .gzip_level
+                    .unwrap_or(ApplyOptions::default().gzip_level),
             };
             let info = bru_delta::apply(&*src, &*d, &*sink, &apply, progress())
                 .await

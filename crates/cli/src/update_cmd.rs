@@ -64,7 +64,7 @@ impl UpdateArgs {
             .map(|t| {
                 parse_integer(&t)
                     .map(Duration::from_secs)
-                    .with_context(|| format!("Invalid value for --timeout option: {t}"))
+                    .ok_or_else(|| anyhow::anyhow!("Invalid value for --timeout option: {t}"))
             })
             .transpose()?;
         let poll_interval = self
@@ -73,8 +73,8 @@ impl UpdateArgs {
             .ok()
             .filter(|s| s.is_finite() && *s > 0.0)
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .with_context(|| {
-                format!(
+            .ok_or_else(|| {
+                anyhow::anyhow!(
                     "Invalid value for --poll-interval option: {}",
                     self.poll_interval
                 )
@@ -91,20 +91,15 @@ impl UpdateArgs {
 }
 
 /// A canonical non-negative decimal integer (what `parseInt` round-trips).
-fn parse_integer(s: &str) -> anyhow::Result<u64> {
-    let n: u64 = s.parse()?;
-    anyhow::ensure!(n.to_string() == s, "not canonical");
-    Ok(n)
+fn parse_integer(s: &str) -> Option<u64> {
+    s.parse::<u64>().ok().filter(|n| n.to_string() == s)
 }
 
 /// A release argument: an id if it is a canonical integer (up to 2^53 - 1, as in
 /// JavaScript), else a commit prefix if it contains 6-32 ASCII alphanumerics in a row.
 fn parse_release(value: &str, flag: &str) -> anyhow::Result<ReleaseRef> {
     const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-    if let Some(id) = parse_integer(value)
-        .ok()
-        .filter(|id| *id <= MAX_SAFE_INTEGER)
-    {
+    if let Some(id) = parse_integer(value).filter(|id| *id <= MAX_SAFE_INTEGER) {
         return Ok(ReleaseRef::Id(id));
     }
     let longest_run = value
