@@ -12,7 +12,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::chain::common_prefix;
 use crate::config::delta_labels;
-use crate::create::write_gzip_layer;
+use crate::create::write_layer;
 use crate::error::{blocking, DeltaError, Role};
 use crate::fetch::{fetch_blob, fetch_layer, stream_error};
 use crate::layer::with_first_entry;
@@ -21,12 +21,25 @@ use crate::progress::{Event, Progress, Step};
 use crate::{publish, workdir};
 
 /// Options of [`apply`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApplyOptions {
     /// Where to keep the basis while working (default: the system temporary directory).
     pub workdir: Option<PathBuf>,
     /// Manifest flavour of the rebuilt image.
     pub format: Format,
+    /// gzip level of the rebuilt layers, 1–9, or 0 for uncompressed tars
+    /// (what a device stores). Default 1: compression dominates apply time.
+    pub gzip_level: u32,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            workdir: None,
+            format: Format::Docker,
+            gzip_level: 1,
+        }
+    }
 }
 
 /// One layer of the rebuilt image.
@@ -175,7 +188,7 @@ pub async fn apply(
             let basis_path = basis_path.clone();
             let blob_path = work.path().join(format!("layer-{i}.tar.gz"));
             let expected = target.diff_ids[i].clone();
-            let format = opts.format;
+            let (format, level) = (opts.format, opts.gzip_level);
             let desc = blocking(move || {
                 let basis = File::open(&basis_path).map_err(DeltaError::io(&basis_path))?;
                 let bridge = SyncIoBridge::new_with_handle(reader, handle);
@@ -187,7 +200,7 @@ pub async fn apply(
                     }
                 })?;
                 let mut patched = None;
-                let (desc, rebuilt) = write_gzip_layer(&blob_path, format, 6, |w| {
+                let (desc, rebuilt) = write_layer(&blob_path, format, level, |w| {
                     let r = with_first_entry(plain, |entry| bru_rsync::patch(&basis, entry, w));
                     patched = Some(r);
                     Ok(())

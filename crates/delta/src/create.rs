@@ -383,7 +383,7 @@ fn encode_all(
             .len();
         let blob_path = dir.join(format!("layer-{i}.tar.gz"));
         let delta_file = File::open(&delta_path).map_err(DeltaError::io(&delta_path))?;
-        let (desc, tar_digest) = write_gzip_layer(&blob_path, format, level, |w| {
+        let (desc, tar_digest) = write_layer(&blob_path, format, level, |w| {
             write_delta_tar(BufReader::new(delta_file), delta_len, w).map(|_| ())
         })?;
         let _ = std::fs::remove_file(&delta_path);
@@ -412,25 +412,35 @@ fn encode_all(
     Ok(out)
 }
 
-/// Writes a gzip layer blob to `path` from what `fill` writes; returns its
-/// descriptor and the DiffID (sha256 of the uncompressed bytes).
-pub(crate) fn write_gzip_layer(
+/// Writes a layer blob to `path` from what `fill` writes, gzip-compressed at
+/// `level` (0 = an uncompressed tar); returns its descriptor and the DiffID
+/// (sha256 of the uncompressed bytes).
+pub(crate) fn write_layer(
     path: &Path,
     format: Format,
     level: u32,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(Descriptor, Digest), DeltaError> {
     let file = File::create(path).map_err(DeltaError::io(path))?;
-    let compressed = HashWriter::new(BufWriter::new(file));
-    let gz = GzEncoder::new(compressed, flate2::Compression::new(level.min(9)));
-    let mut plain = HashWriter::new(gz);
-    fill(&mut plain).map_err(DeltaError::io(path))?;
-    let (gz, diff_id, _) = plain.finish();
-    let compressed = gz.finish().map_err(DeltaError::io(path))?;
-    let (mut buffered, digest, size) = compressed.finish();
+    let out = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let (out, diff_id, media_type) = if level == 0 {
+        let mut out = out;
+        fill(&mut out).map_err(DeltaError::io(path))?;
+        (out, None, format.tar_layer_type())
+    } else {
+        let gz = GzEncoder::new(out, flate2::Compression::new(level.min(9)));
+        let mut plain = HashWriter::new(gz);
+        fill(&mut plain).map_err(DeltaError::io(path))?;
+        let (gz, diff_id, _) = plain.finish();
+        let out = gz.finish().map_err(DeltaError::io(path))?;
+        (out, Some(diff_id), format.gzip_layer_type())
+    };
+    let (mut buffered, digest, size) = out.finish();
     buffered.flush().map_err(DeltaError::io(path))?;
+    // An uncompressed blob is its own DiffID.
+    let diff_id = diff_id.unwrap_or_else(|| digest.clone());
     let desc = Descriptor {
-        media_type: format.gzip_layer_type().to_owned(),
+        media_type: media_type.to_owned(),
         digest,
         size,
         annotations: None,
@@ -445,6 +455,6 @@ fn write_empty_layer(
     level: u32,
 ) -> Result<(PathBuf, Descriptor), DeltaError> {
     let path = dir.join("empty.tar.gz");
-    let (desc, _) = write_gzip_layer(&path, format, level, |w| w.write_all(&EMPTY_TAR))?;
+    let (desc, _) = write_layer(&path, format, level, |w| w.write_all(&EMPTY_TAR))?;
     Ok((path, desc))
 }

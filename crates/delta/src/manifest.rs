@@ -38,16 +38,20 @@ impl Format {
         }
     }
 
-    /// The equivalent of a layer media type from another flavour.
-    pub(crate) fn layer_type_like(self, original: &str) -> String {
-        let tar = match self {
+    /// Media type of an uncompressed layer.
+    pub fn tar_layer_type(self) -> &'static str {
+        match self {
             Format::Docker => media_type::DOCKER_LAYER_TAR,
             Format::Oci => media_type::OCI_LAYER_TAR,
-        };
+        }
+    }
+
+    /// The equivalent of a layer media type from another flavour.
+    pub(crate) fn layer_type_like(self, original: &str) -> String {
         if original.ends_with("gzip") {
             self.gzip_layer_type().to_owned()
-        } else if original.ends_with(".tar") || original.ends_with(".diff.tar") {
-            tar.to_owned()
+        } else if original.ends_with(".tar") {
+            self.tar_layer_type().to_owned()
         } else {
             original.to_owned()
         }

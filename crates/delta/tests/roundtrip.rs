@@ -259,3 +259,55 @@ proptest! {
         rt.block_on(check_round_trip(&pair));
     }
 }
+
+#[tokio::test]
+async fn apply_can_write_uncompressed_layers_like_a_device_stores_them() {
+    use bru_oci::{open_sink, open_source, RegistryOptions};
+    let pair = Pair::new(
+        vec![layer(&base_files()), layer(&app_files(1))],
+        vec![layer(&base_files()), layer(&app_files(2))],
+    );
+    support::create(
+        &pair.reference("source"),
+        &pair.reference("target"),
+        &pair.out("delta"),
+    )
+    .await
+    .unwrap();
+    let opts = RegistryOptions::default();
+    let s = open_source(&pair.reference("source"), &opts).await.unwrap();
+    let d = open_source(&pair.out("delta"), &opts).await.unwrap();
+    let sink = open_sink(&pair.out("plain"), &opts).await.unwrap();
+    let apply_opts = bru_delta::ApplyOptions {
+        gzip_level: 0,
+        format: bru_delta::Format::Oci,
+        ..Default::default()
+    };
+    let info = bru_delta::apply(
+        &*s,
+        &*d,
+        &*sink,
+        &apply_opts,
+        std::sync::Arc::new(bru_delta::NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.image_id, pair.target.config.digest);
+    let out = open_source(&pair.out("plain"), &opts).await.unwrap();
+    let image = out.image().await.unwrap();
+    assert_eq!(image.manifest_media_type, bru_oci::media_type::OCI_MANIFEST);
+    // The rebuilt (non-common) layer is an uncompressed tar whose digest is its DiffID.
+    let rebuilt = &image.manifest.layers[1];
+    assert_eq!(rebuilt.media_type, bru_oci::media_type::OCI_LAYER_TAR);
+    assert_eq!(rebuilt.digest, pair.target.diff_ids[1]);
+    assert_eq!(rebuilt.size, pair.target_layers[1].len() as u64);
+    // The common layer is the source's own gzip blob, relabelled for the OCI manifest.
+    assert_eq!(
+        image.manifest.layers[0].digest,
+        pair.source.layers[0].digest
+    );
+    assert_eq!(
+        image.manifest.layers[0].media_type,
+        bru_oci::media_type::OCI_LAYER_GZIP
+    );
+}
