@@ -376,6 +376,43 @@ mod tests {
         );
     }
 
+    fn percent_decode(s: &str) -> Vec<u8> {
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encode_uri_component_round_trips(s in ".*") {
+            let encoded = encode_uri_component(&s);
+            proptest::prop_assert!(encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()%".contains(&b)));
+            proptest::prop_assert_eq!(percent_decode(&encoded), s.as_bytes());
+        }
+
+        /// What reqwest sends is what we built: WHATWG URL parsing leaves it unchanged.
+        #[test]
+        fn wire_form_survives_url_parsing(prefix in ".{0,40}", id in proptest::num::u64::ANY) {
+            for query in [releases_by_commit(&prefix), release_by_id(id), image(id)] {
+                let wire = format!("https://api.example.com/v7/{}", query.to_wire());
+                let parsed = url::Url::parse(&wire).unwrap();
+                proptest::prop_assert_eq!(parsed.as_str(), wire.as_str());
+            }
+        }
+    }
+
     #[test]
     fn single_operand_groups_are_not_parenthesised() {
         let f = Filter::And(vec![Filter::Or(vec![success()]), success()]);
