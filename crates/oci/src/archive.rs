@@ -370,3 +370,18 @@ impl ImageSink for ArchiveSink {
             .map_err(|e| OciError::Stream(std::io::Error::other(e)))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_member_paths_and_repo_tags() {
+        assert_eq!(normalize("./a//b/../c"), "a/c");
+        assert_eq!(normalize("../../x"), "x");
+        assert_eq!(normalize("/blobs/sha256/ab"), "blobs/sha256/ab");
+        assert_eq!(familiar("docker.io/library/app:v1"), "app:v1");
+        assert_eq!(familiar("docker.io/team/app:v1"), "team/app:v1");
+        assert_eq!(familiar("localhost:5000/app:v1"), "localhost:5000/app:v1");
+    }
+}

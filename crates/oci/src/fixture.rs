@@ -155,3 +155,46 @@ impl OciDir {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Golden bytes: tests in other crates rely on fixture images being stable.
+    #[test]
+    fn config_and_manifest_bytes_are_stable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = OciDir::create(tmp.path()).unwrap();
+        let mut spec = ImageSpec::new(vec![tar_of(&[("a", b"1")])]);
+        spec.labels.insert("x".into(), "y".into());
+        let w = dir.write_image("t", &spec).unwrap();
+        assert_eq!(
+            String::from_utf8(w.config_bytes.clone()).unwrap(),
+            format!(
+                r#"{{"architecture":"amd64","config":{{"Labels":{{"x":"y"}}}},"created":"1970-01-01T00:00:00Z","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+                w.diff_ids[0]
+            )
+        );
+        let manifest = String::from_utf8(dir.read_blob(&w.manifest).unwrap()).unwrap();
+        assert_eq!(
+            manifest,
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{}","size":{}}},"layers":[{{"mediaType":"{}","digest":"{}","size":{}}}]}}"#,
+                media_type::DOCKER_MANIFEST,
+                media_type::DOCKER_CONFIG,
+                w.config.digest,
+                w.config.size,
+                media_type::DOCKER_LAYER_GZIP,
+                w.layers[0].digest,
+                w.layers[0].size
+            )
+        );
+        // The tar and gzip encodings themselves are deterministic.
+        assert_eq!(tar_of(&[("a", b"1")]), tar_of(&[("a", b"1")]));
+        assert_eq!(
+            w.layers[0].digest,
+            Digest::of(&gzip_bytes(&tar_of(&[("a", b"1")])))
+        );
+        assert_eq!(tar_of(&[("a", b"1")]).len(), 2048);
+    }
+}
