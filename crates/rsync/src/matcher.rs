@@ -456,6 +456,12 @@ const MAX_REPS: usize = 4;
 const GOOD_ENOUGH: usize = 256;
 /// Pending literal bytes before a hint's hash chains are searched (measured: 0, 4, 8, 16).
 const CHAIN_DELAY: usize = 4;
+/// Matches shorter than this are checked against the match one byte later (measured: 32, 64,
+/// 256, unbounded).
+const LAZY_BELOW: usize = 256;
+/// ... which wins if it reaches this many bytes further (measured: 1, 2, 4, 8).
+const LAZY_GAIN: usize = 2;
+/// ... which wins if it reaches this many bytes further.
 
 impl<'i, 'a> ChunkMatcher<'i, 'a> {
     fn new(
@@ -474,10 +480,9 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
 
     fn run(&mut self, range: Range<usize>) -> Vec<Op> {
         let opts = &self.index.opts;
-        let (t, b, hints) = (self.target, self.index.basis, self.hints);
+        let (t, hints) = (self.target, self.hints);
         let (cs, ce) = (range.start, range.end);
         let w = opts.window;
-        let hw = opts.hint_window.clamp(1, 8);
         let min_len = opts.min_copy.min(opts.min_rep_copy).max(1);
         self.reps.clear();
         let mut ops = Vec::new();
@@ -487,81 +492,38 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
         let mut roll_valid = false;
         let mut hi = hints.partition_point(|(ht, _)| ht.end <= cs);
         while p + min_len <= ce {
-            // Active hint.
             while hi < hints.len() && hints[hi].0.end <= p {
                 hi += 1;
             }
-            let hint = hints.get(hi).filter(|(ht, _)| ht.start <= p);
-            let mut best: Option<Found> = None;
-            let consider = |q: usize, rep: bool, best: &mut Option<Found>| {
-                if q >= b.len() {
-                    return;
-                }
-                let fwd = common_prefix(&t[p..ce], &b[q..]);
-                if fwd == 0 {
-                    return;
-                }
-                let back = common_suffix(&t[lit..p], &b[..q]);
-                let len = fwd + back;
-                let better = match best {
-                    None => true,
-                    Some(f) => len > f.len,
-                };
-                if better {
-                    *best = Some(Found {
-                        start: p - back,
-                        basis: q - back,
-                        len,
-                        rep,
-                    });
-                }
-            };
-            for &d in &self.reps {
-                if let Some(q) = p.checked_add_signed(d) {
-                    consider(q, true, &mut best);
-                }
-            }
-            if let Some((ht, hb)) = hint {
-                // The hint's own diagonal: the old file at the same relative offset.
-                let q = hb.start + (p - ht.start);
-                if q < hb.end {
-                    consider(q, true, &mut best);
-                }
-                // Chains only once the diagonals failed for a few bytes (backward extension
-                // recovers them), so in-place edits never pay for building the hint's index.
-                let good = best.is_some_and(|f| f.len >= GOOD_ENOUGH);
-                if !good && p - lit >= CHAIN_DELAY && p + hw <= t.len() && hb.len() >= hw {
-                    let id = hi;
-                    if self.hint_index.hint != Some(id) {
-                        self.hint_index.build(id, &b[hb.clone()], hb.start, opts);
-                    }
-                    self.hint_index
-                        .candidates(&t[p..p + hw], opts.max_chain, |q| {
-                            consider(q, false, &mut best)
-                        });
-                }
-            }
-            if p + w <= t.len() {
+            let mixed = if p + w <= t.len() {
                 if !roll_valid {
                     roll.reset(&t[p..p + w]);
                     roll_valid = true;
                 }
-                let m = roll.mixed();
-                if self.index.is_anchor(m) {
-                    if let Some(q) = self.index.lookup(m) {
-                        consider(q, false, &mut best);
+                Some(roll.mixed())
+            } else {
+                None
+            };
+            let mut found = self.search(p, lit, ce, hi, mixed);
+            // Lazy evaluation: a short match may hide a longer one starting a byte later.
+            if let Some(f) = found.filter(|f| f.len < LAZY_BELOW && p + 1 + min_len <= ce) {
+                let next_mixed = (roll_valid && p + w < t.len()).then(|| {
+                    let mut r = roll;
+                    r.roll(t[p], t[p + w]);
+                    r.mixed()
+                });
+                let hi1 = if hints.get(hi).is_some_and(|(ht, _)| ht.end <= p + 1) {
+                    hi + 1
+                } else {
+                    hi
+                };
+                if let Some(g) = self.search(p + 1, lit, ce, hi1, next_mixed) {
+                    if g.start + g.len > f.start + f.len + LAZY_GAIN {
+                        found = None;
                     }
                 }
             }
-            let accept = best.filter(|f| {
-                f.len
-                    >= if f.rep {
-                        opts.min_rep_copy
-                    } else {
-                        opts.min_copy
-                    }
-            });
-            if let Some(f) = accept {
+            if let Some(f) = found {
                 if f.start > lit {
                     ops.push(Op {
                         target: lit,
@@ -574,7 +536,10 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
                     len: f.len,
                     basis: Some(f.basis),
                 });
-                debug_assert_eq!(t[f.start..f.start + f.len], b[f.basis..f.basis + f.len]);
+                debug_assert_eq!(
+                    t[f.start..f.start + f.len],
+                    self.index.basis[f.basis..f.basis + f.len]
+                );
                 let d = f.basis as isize - f.start as isize;
                 self.reps.retain(|&x| x != d);
                 self.reps.insert(0, d);
@@ -599,6 +564,83 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
             });
         }
         ops
+    }
+
+    /// The best acceptable COPY covering target position `p` (extended backwards down to
+    /// `lit`, forwards up to `ce`), from the recent diagonals, the hint `hi` (if it covers `p`)
+    /// and the global index (`mixed` = rolling hash of the window at `p`).
+    fn search(
+        &mut self,
+        p: usize,
+        lit: usize,
+        ce: usize,
+        hi: usize,
+        mixed: Option<u64>,
+    ) -> Option<Found> {
+        let opts = &self.index.opts;
+        let (t, b) = (self.target, self.index.basis);
+        let hw = opts.hint_window.clamp(1, 8);
+        let hint = self
+            .hints
+            .get(hi)
+            .filter(|(ht, _)| ht.start <= p && p < ht.end);
+        let mut best: Option<Found> = None;
+        let consider = |q: usize, rep: bool, best: &mut Option<Found>| {
+            if q >= b.len() {
+                return;
+            }
+            let fwd = common_prefix(&t[p..ce], &b[q..]);
+            if fwd == 0 {
+                return;
+            }
+            let back = common_suffix(&t[lit..p], &b[..q]);
+            let len = fwd + back;
+            if best.is_none_or(|f| len > f.len) {
+                *best = Some(Found {
+                    start: p - back,
+                    basis: q - back,
+                    len,
+                    rep,
+                });
+            }
+        };
+        for &d in &self.reps {
+            if let Some(q) = p.checked_add_signed(d) {
+                consider(q, true, &mut best);
+            }
+        }
+        if let Some((ht, hb)) = hint {
+            // The hint's own diagonal: the old file at the same relative offset.
+            let q = hb.start + (p - ht.start);
+            if q < hb.end {
+                consider(q, true, &mut best);
+            }
+            // Chains only once the diagonals failed for a few bytes (backward extension
+            // recovers them), so in-place edits never pay for building the hint's index.
+            let good = best.is_some_and(|f| f.len >= GOOD_ENOUGH);
+            if !good && p - lit >= CHAIN_DELAY && p + hw <= t.len() && hb.len() >= hw {
+                if self.hint_index.hint != Some(hi) {
+                    self.hint_index.build(hi, &b[hb.clone()], hb.start, opts);
+                }
+                self.hint_index
+                    .candidates(&t[p..p + hw], opts.max_chain, |q| {
+                        consider(q, false, &mut best)
+                    });
+            }
+        }
+        if let Some(m) = mixed.filter(|&m| self.index.is_anchor(m)) {
+            if let Some(q) = self.index.lookup(m) {
+                consider(q, false, &mut best);
+            }
+        }
+        best.filter(|f| {
+            f.len
+                >= if f.rep {
+                    opts.min_rep_copy
+                } else {
+                    opts.min_copy
+                }
+        })
     }
 }
 
