@@ -461,7 +461,6 @@ const CHAIN_DELAY: usize = 4;
 const LAZY_BELOW: usize = 256;
 /// ... which wins if it reaches this many bytes further (measured: 1, 2, 4, 8).
 const LAZY_GAIN: usize = 2;
-/// ... which wins if it reaches this many bytes further.
 
 impl<'i, 'a> ChunkMatcher<'i, 'a> {
     fn new(
