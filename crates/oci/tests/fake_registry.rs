@@ -35,12 +35,21 @@ struct Fake {
 
 type Shared = Arc<Mutex<Fake>>;
 
-async fn registry(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+async fn registry(
+    State(s): State<Shared>,
+    method: axum::http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let mut f = s.lock().unwrap();
     let auth = headers
         .get("authorization")
         .map(|v| v.to_str().unwrap().to_string());
-    f.log.push((uri.path().to_string(), auth.clone()));
+    let full = uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    f.log.push((format!("{method} {full}"), auth.clone()));
     if let Some(t) = &f.token {
         if auth.as_deref() != Some(&format!("Bearer {t}")) {
             let challenge = format!(
@@ -386,4 +395,81 @@ async fn bad_bytes_from_registry_are_caught() {
         .await
         .unwrap_err();
     assert!(matches!(e, OciError::DigestMismatch { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn push_and_mount_request_the_right_scopes() {
+    let i = img();
+    let mut r = routes(&i, i.layer.clone());
+    r.insert(
+        "/v2/team/app/blobs/uploads/".into(),
+        (201, "text/plain".into(), Vec::new()),
+    );
+    let (addr, state) = serve(Fake {
+        routes: r,
+        token: Some("tok-push".into()),
+        ..Default::default()
+    })
+    .await;
+    let o = options(&addr, Some(("alice", "pw")));
+    let sink = bru_oci::open_sink(&reference(&addr, ":v1"), &o)
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("layer");
+    std::fs::write(&f, &i.layer).unwrap();
+    // The fake has the blob: HEAD finds it and nothing is uploaded.
+    assert_eq!(
+        sink.put_blob(&f, &i.layer_desc).await.unwrap(),
+        bru_oci::PutOutcome::AlreadyPresent
+    );
+    let from = reference(&addr, "-base:v1");
+    let other_registry: ImageReference = "docker://other.example:5000/team/app-base:v1"
+        .parse()
+        .unwrap();
+    assert!(!sink
+        .mount_blob(&i.layer_desc, &other_registry)
+        .await
+        .unwrap());
+    assert!(sink.mount_blob(&i.layer_desc, &from).await.unwrap());
+    sink.put_manifest(&i.manifest, media_type::DOCKER_MANIFEST)
+        .await
+        .unwrap();
+
+    let f = state.lock().unwrap();
+    let scopes: Vec<&Vec<String>> = f.token_log.iter().map(|(q, _)| &q["scope"]).collect();
+    assert_eq!(
+        scopes,
+        vec![
+            &vec!["repository:team/app:pull,push".to_string()],
+            &vec![
+                "repository:team/app:pull,push".to_string(),
+                "repository:team/app-base:pull".to_string()
+            ],
+        ]
+    );
+    let mount = f
+        .log
+        .iter()
+        .find(|(p, a)| p.starts_with("POST") && a.is_some())
+        .unwrap();
+    assert_eq!(
+        mount.0,
+        format!(
+            "POST /v2/team/app/blobs/uploads/?mount={}&from=team%2Fapp-base",
+            i.layer_desc.digest
+        )
+        .replace(':', "%3A")
+    );
+    assert!(f
+        .log
+        .iter()
+        .any(|(p, a)| p == "PUT /v2/team/app/manifests/v1"
+            && a.as_deref() == Some("Bearer tok-push")));
+    assert!(
+        !f.log
+            .iter()
+            .any(|(p, _)| p.starts_with("PATCH") || p.contains("digest=")),
+        "no upload happened"
+    );
 }
