@@ -133,7 +133,7 @@ impl BalenaClient {
             } else {
                 Error::Network {
                     url: url.to_string(),
-                    source: Box::new(e),
+                    source: Box::new(e.without_url()),
                 }
             }
         };

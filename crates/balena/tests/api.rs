@@ -457,3 +457,36 @@ async fn wait_timeout_carries_the_last_state_and_retriggers() {
     );
     s.fake.assert_no_violations();
 }
+
+#[tokio::test]
+async fn connection_refused_is_a_transient_network_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("BALENARC_API_URL", closed.clone()),
+        ("BALENARC_DELTA_URL", closed.clone()),
+        ("BALENARC_DATA_DIRECTORY", dir.path().display().to_string()),
+    ];
+    let settings = Settings::resolve(dir.path(), dir.path(), env).unwrap();
+    let client = BalenaClient::new(&settings).unwrap();
+    let e = get_update_info(&FROM_ID, &TO_ID, &client)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Network { .. }), "{e:?}");
+    assert!(e.is_transient());
+    assert!(
+        e.to_string()
+            .starts_with(&format!("request to {closed}/v7/release(")),
+        "{e}"
+    );
+    let source = std::error::Error::source(&e).unwrap().to_string();
+    assert!(
+        !source.contains(&closed),
+        "the cause does not repeat the URL: {source}"
+    );
+}

@@ -78,7 +78,7 @@ pub enum Error {
         reason: String,
     },
     /// Waiting for the update timed out; carries the last state observed.
-    #[error("timed out after {} s waiting for the update to become ready (last status: {})", .waited.as_secs_f64(), .last.overall_status)]
+    #[error("timed out after {} s waiting for the update to become ready (last status: {})", .waited.as_secs(), .last.overall_status)]
     Timeout {
         /// How long the call waited in total.
         waited: Duration,
