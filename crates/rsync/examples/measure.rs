@@ -42,6 +42,7 @@ fn main() {
             "--hint-window" => opts.hint_window = num(),
             "--max-chain" => opts.max_chain = num(),
             "--threads" => opts.threads = num(),
+            "--hint-positions" => opts.max_hint_positions = num(),
             "--chunk" => opts.chunk_size = num(),
             "--index-mb" => opts.max_index_bytes = num() << 20,
             f if in_target => target_files.push(f.to_string()),

@@ -54,7 +54,7 @@ impl Default for MatchOptions {
         Self {
             window: 32,
             anchor_spacing: 32,
-            max_index_bytes: 64 << 20,
+            max_index_bytes: 32 << 20,
             hint_window: 8,
             max_chain: 32,
             max_hint_positions: 1 << 22,
@@ -312,7 +312,7 @@ impl HintIndex {
         let windows = (range.len() + 1).saturating_sub(hw);
         self.stride = windows.div_ceil(opts.max_hint_positions.max(1)).max(1);
         let n = windows.div_ceil(self.stride);
-        self.bits = (n * 2).next_power_of_two().max(256).trailing_zeros();
+        self.bits = n.next_power_of_two().max(256).trailing_zeros();
         self.head.clear();
         self.head.resize(1 << self.bits, u32::MAX);
         self.prev.clear();
