@@ -301,6 +301,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(30))
             .user_agent(concat!("balena-release-update/", env!("CARGO_PKG_VERSION")))
             .https_only(!insecure)
+            // Blobs are content-addressed: never let a Content-Encoding header change the bytes.
+            .no_gzip()
             .build()
             .map_err(|e| OciError::Http {
                 url: registry.to_string(),

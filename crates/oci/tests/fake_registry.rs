@@ -68,6 +68,13 @@ async fn registry(
         }
     }
     match f.routes.get(uri.path()) {
+        // A CDN-style answer that labels a gzip blob with Content-Encoding: gzip.
+        Some((status, ct, body)) if ct == "encoded" => (
+            StatusCode::from_u16(*status).unwrap(),
+            [("content-type", "application/octet-stream"), ("content-encoding", "gzip")],
+            body.clone(),
+        )
+            .into_response(),
         Some((status, ct, body)) => (
             StatusCode::from_u16(*status).unwrap(),
             [("content-type", ct.clone())],
@@ -471,5 +478,27 @@ async fn push_and_mount_request_the_right_scopes() {
             .iter()
             .any(|(p, _)| p.starts_with("PATCH") || p.contains("digest=")),
         "no upload happened"
+    );
+}
+
+#[tokio::test]
+async fn content_encoding_does_not_alter_blobs() {
+    let i = img();
+    let mut r = routes(&i, i.layer.clone());
+    r.insert(
+        format!("/v2/team/app/blobs/{}", i.layer_desc.digest),
+        (200, "encoded".into(), i.layer.clone()),
+    );
+    let (addr, _s) = serve(Fake {
+        routes: r,
+        ..Default::default()
+    })
+    .await;
+    let src = open_source(&reference(&addr, ":v1"), &options(&addr, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_blob(src.as_ref(), &i.layer_desc).await.unwrap(),
+        i.layer
     );
 }
