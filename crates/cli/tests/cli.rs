@@ -494,3 +494,48 @@ fn help_documents_exit_codes_and_version_flag() {
         );
     }
 }
+
+#[test]
+fn token_from_the_default_data_directory_under_home() {
+    let env = env_with(ready_state(), None);
+    let default_data = env.home.path().join(".balena");
+    std::fs::create_dir(&default_data).unwrap();
+    std::fs::write(default_data.join("token"), TOKEN).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-release-update"));
+    let out = cmd
+        .args(BY_IDS)
+        .env_clear()
+        .env("HOME", env.home.path())
+        .env("RESINRC_API_URL", env.fake.url())
+        .env("BALENARC_DELTA_URL", env.fake.url())
+        .current_dir(env.cwd.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = env.fake.state();
+    assert!(!state.log.is_empty());
+    assert!(state
+        .log
+        .iter()
+        .all(|(_, auth)| auth.as_deref() == Some(&*format!("Bearer {TOKEN}"))));
+}
+
+#[test]
+fn verbose_logs_go_to_stderr_only() {
+    let env = env(State::standard());
+    let run = run(&env, &with(&["--prepare", "--verbose"]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["overall_status"], "preparing");
+    assert!(
+        run.stderr.contains(&format!(
+            "triggering delta between images {MAIN_FROM} and {MAIN_TO}"
+        )),
+        "{}",
+        run.stderr
+    );
+}
