@@ -84,8 +84,8 @@ pub fn gzip_bytes(data: &[u8]) -> Vec<u8> {
 }
 
 /// A deterministic uncompressed tar of regular files (mode 0644, uid/gid 0, mtime 0), in the
-/// given order. Paths must be relative and at most 100 bytes long per ustar rules; longer
-/// paths use GNU long-name entries.
+/// given order. Paths longer than 100 bytes use GNU long-name entries. An entry whose path a
+/// tar cannot hold (absolute, or containing `..`) is left out with a warning in the log.
 pub fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in entries {
@@ -96,8 +96,10 @@ pub fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
         h.set_uid(0);
         h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
-        // Writing into a Vec only fails for invalid paths, which tests choose themselves.
-        let _ = b.append_data(&mut h, path, *data);
+        // Writing into a Vec only fails for paths a tar cannot hold.
+        if let Err(e) = b.append_data(&mut h, path, *data) {
+            tracing::warn!(path, error = %e, "tar_of: entry left out");
+        }
     }
     b.into_inner().unwrap_or_default()
 }

@@ -840,6 +840,14 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{client:?}").contains("hunter2"));
+        let opts = RegistryOptions {
+            credentials: Some(Credentials {
+                username: "x".into(),
+                password: "hunter2".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(!format!("{opts:?}").contains("hunter2"));
         assert!(client.base.starts_with("https://"));
     }
 }
