@@ -1,0 +1,110 @@
+//! Test fixtures shared by the workspace's integration tests.
+//!
+//! [`TestRegistry`] is a real OCI Distribution registry (Debian's
+//! `docker-registry`): the one CI starts (`BRU_TEST_REGISTRY=HOST:PORT`), or a
+//! private one started on a free loopback port for the test and killed when
+//! dropped. A missing binary fails the test with an install hint; it never
+//! skips silently.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Where Debian's `docker-registry` package installs the registry.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A running registry speaking plain HTTP on loopback.
+#[derive(Debug)]
+pub struct TestRegistry {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl TestRegistry {
+    /// The shared CI registry (`BRU_TEST_REGISTRY`), or a fresh one started here.
+    pub fn shared() -> TestRegistry {
+        match std::env::var("BRU_TEST_REGISTRY") {
+            Ok(addr) if !addr.is_empty() => TestRegistry {
+                addr,
+                child: None,
+                _dir: None,
+            },
+            _ => Self::start(None),
+        }
+    }
+
+    /// Starts a private registry; with `htpasswd = Some((user, password))` it
+    /// requires HTTP Basic auth.
+    ///
+    /// # Panics
+    /// When the binary is missing or the registry does not come up: this is
+    /// test code, and a test without its registry must fail loudly.
+    pub fn start(htpasswd: Option<(&str, &str)>) -> TestRegistry {
+        assert!(
+            Path::new(REGISTRY_BIN).exists(),
+            "{REGISTRY_BIN} is missing: install Debian's docker-registry package (apt-get install docker-registry)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut auth = String::new();
+        if let Some((user, password)) = htpasswd {
+            let hash = bcrypt::hash(password, 4).expect("bcrypt");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{user}:{hash}\n")).expect("write htpasswd");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                file.display()
+            );
+        }
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).expect("write registry config");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let registry = TestRegistry {
+            addr,
+            child: Some(child),
+            _dir: Some(dir),
+        };
+        for _ in 0..200 {
+            if TcpStream::connect(&registry.addr).is_ok() {
+                return registry;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not start on {}", registry.addr);
+    }
+}
+
+/// A repository name unique to this test run, so tests sharing a registry do not collide.
+pub fn unique_repo(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("bru-test/{prefix}-{}-{nanos}", std::process::id())
+}
