@@ -1,6 +1,6 @@
 //! Measures the matcher on real layers (a benchmark aid, not a test).
 //!
-//! usage: measure BASIS_TAR [BASIS_TAR...] -- TARGET_TAR [TARGET_TAR...] [--no-hints] [--rdiff]
+//! usage: measure BASIS_TAR [BASIS_TAR...] -- TARGET_TAR [TARGET_TAR...] [--no-hints | --whole-hint] [--rdiff]
 //!        [--out DIR (save deltas)] [--window N] [--spacing N] [--min-copy N] [--min-rep N] [--hint-window N]
 //!        [--max-chain N] [--threads N] [--chunk N]
 //!
@@ -23,12 +23,14 @@ fn main() {
     let (mut hints_on, mut rdiff, mut out_dir, mut save) =
         (true, false, std::env::temp_dir(), false);
     let mut in_target = false;
+    let mut whole_hint = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = || -> usize { it.next().and_then(|v| v.parse().ok()).expect("number") };
         match a.as_str() {
             "--" => in_target = true,
             "--no-hints" => hints_on = false,
+            "--whole-hint" => whole_hint = true,
             "--rdiff" => rdiff = true,
             "--no-refine" => opts.refine = false,
             "--out" => {
@@ -65,7 +67,13 @@ fn main() {
     for f in &target_files {
         let target = std::fs::read(f).expect("read target");
         let t1 = Instant::now();
-        let hints = if hints_on {
+        let hints = if whole_hint {
+            // Treat the inputs as one old and one new file.
+            vec![bru_rsync::Hint {
+                target: 0..target.len() as u64,
+                basis: 0..basis.len() as u64,
+            }]
+        } else if hints_on {
             tar::hints(&basis, &target)
         } else {
             Vec::new()

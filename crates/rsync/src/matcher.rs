@@ -162,7 +162,14 @@ impl<'a> BasisIndex<'a> {
             table_bits,
             anchor_bits,
         };
+        let started = std::time::Instant::now();
         index.build();
+        tracing::debug!(
+            basis_bytes = basis.len(),
+            index_bytes = index.index_bytes(),
+            seconds = started.elapsed().as_secs_f64(),
+            "basis indexed"
+        );
         index
     }
 
@@ -340,7 +347,11 @@ impl HintIndex {
 /// Matches `target` against the index and writes a complete delta stream (magic … END) to `out`.
 ///
 /// `hints` may be empty, unsorted or overlapping; ranges outside the inputs are clipped. The
-/// output depends only on the inputs and the index options, not on the thread count.
+/// target is matched in chunks of [`MatchOptions::chunk_size`] on up to
+/// [`MatchOptions::threads`] threads; the output depends only on the inputs and the index
+/// options, not on the thread count. Besides the index, each thread holds the hash chains of one
+/// hint (at most `8 ×` [`MatchOptions::max_hint_positions`] bytes) and the commands of its chunk.
+/// The index can serve several `diff` calls at once.
 pub fn diff<W: Write>(
     index: &BasisIndex,
     target: &[u8],
@@ -403,6 +414,14 @@ pub fn diff<W: Write>(
         w.literal(&target[s..s + l])?;
     }
     let (_, stats) = w.finish_with_stats()?;
+    tracing::debug!(
+        target_bytes = target.len(),
+        hints = hints.len(),
+        copy_ops = stats.copy_ops,
+        literal_bytes = stats.literal_bytes,
+        delta_bytes = stats.delta_bytes,
+        "delta written"
+    );
     Ok(stats)
 }
 
@@ -669,6 +688,13 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn index_is_shareable_between_threads() {
+        fn sync<T: Sync + Send>() {}
+        sync::<BasisIndex<'static>>();
+        sync::<Hint>();
     }
 
     #[test]
