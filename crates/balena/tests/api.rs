@@ -490,3 +490,15 @@ async fn connection_refused_is_a_transient_network_error() {
         "the cause does not repeat the URL: {source}"
     );
 }
+
+#[test]
+fn url_settings_must_be_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("BALENARC_API_URL", "api.example.com"),
+        ("BALENARC_DATA_DIRECTORY", "/nonexistent"),
+    ];
+    let settings = Settings::resolve(dir.path(), dir.path(), env).unwrap();
+    let e = BalenaClient::new(&settings).unwrap_err();
+    assert_eq!(e.to_string(), "invalid apiUrl setting: 'api.example.com'");
+}

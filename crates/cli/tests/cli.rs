@@ -431,6 +431,19 @@ fn api_errors_print_the_original_messages() {
         retry_after: None,
     }];
     assert_error(&run(&env, &BY_IDS), "Request error: Internal Server Error");
+    env.fake.state().faults = vec![Fault {
+        path_prefix: "/v7/delta",
+        skip: 0,
+        times: 1,
+        status: 200,
+        content_type: "application/json",
+        body: r#"{"results":[]}"#.into(),
+        retry_after: None,
+    }];
+    assert_error(
+        &run(&env, &BY_IDS),
+        "Invalid response received, the 'd' property is missing.",
+    );
     env.fake.assert_no_violations();
 }
 
