@@ -51,7 +51,11 @@ fn main() {
             f => basis_files.push(f.to_string()),
         }
     }
-    let mut basis = Vec::new();
+    let total: u64 = basis_files
+        .iter()
+        .map(|f| std::fs::metadata(f).expect("basis file").len())
+        .sum();
+    let mut basis = Vec::with_capacity(total as usize);
     for f in &basis_files {
         basis.extend(std::fs::read(f).expect("read basis"));
     }
@@ -86,10 +90,12 @@ fn main() {
         gz.write_all(&delta).unwrap();
         let gz = gz.finish().unwrap();
         let gz_s = t1.elapsed().as_secs_f64();
-        let mut rebuilt = Vec::with_capacity(target.len());
-        patch(&basis, &delta[..], &mut rebuilt).expect("patch");
-        assert!(rebuilt == target, "round trip failed for {f}");
-        drop(rebuilt);
+        let mut check = Compare {
+            expected: &target,
+            pos: 0,
+        };
+        patch(&basis, &delta[..], &mut check).expect("round trip failed");
+        assert_eq!(check.pos, target.len(), "round trip failed for {f}");
         let name = std::path::Path::new(f)
             .file_name()
             .unwrap()
@@ -132,4 +138,28 @@ fn main() {
         tot_s += gz_s;
     }
     println!("TOTAL raw {tot_raw} gz {tot_gz} seconds {tot_s:.2}");
+}
+
+/// A writer that checks the bytes written against the expected target (no second copy in memory).
+struct Compare<'a> {
+    expected: &'a [u8],
+    pos: usize,
+}
+
+impl Write for Compare<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let end = self.pos + buf.len();
+        if self.expected.get(self.pos..end) != Some(buf) {
+            return Err(std::io::Error::other(format!(
+                "output differs near {}",
+                self.pos
+            )));
+        }
+        self.pos = end;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
