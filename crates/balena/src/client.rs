@@ -48,7 +48,8 @@ pub struct BalenaClient {
     delta: reqwest::Client,
     api_prefix: Url,
     delta_base: Url,
-    token: Option<Token>,
+    /// The token and its ready-made `Authorization` header.
+    token: Option<(Token, HeaderValue)>,
     limit: Arc<Semaphore>,
 }
 
@@ -63,7 +64,15 @@ impl BalenaClient {
         settings: &Settings,
         config: &ClientConfig,
     ) -> Result<BalenaClient, SettingsError> {
-        let token = Token::load(&settings.data_directory)?;
+        let token = match Token::load(&settings.data_directory)? {
+            Some(token) => {
+                let mut header = HeaderValue::from_str(&format!("Bearer {}", token.secret()))
+                    .map_err(|_| SettingsError::MalformedToken)?;
+                header.set_sensitive(true);
+                Some((token, header))
+            }
+            None => None,
+        };
         let base = |key: &'static str, value: &str, path: &str| {
             Url::parse(value)
                 .and_then(|u| u.join(path))
@@ -95,16 +104,13 @@ impl BalenaClient {
 
     /// The bearer header value, or `TokenExpired` if the session token expired.
     fn authorization(&self) -> Result<Option<HeaderValue>, Error> {
-        let Some(token) = &self.token else {
-            return Ok(None);
-        };
-        if token.is_expired_at(chrono::Utc::now().timestamp()) {
-            return Err(Error::TokenExpired);
+        match &self.token {
+            Some((token, _)) if token.is_expired_at(chrono::Utc::now().timestamp()) => {
+                Err(Error::TokenExpired)
+            }
+            Some((_, header)) => Ok(Some(header.clone())),
+            None => Ok(None),
         }
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.secret()))
-            .map_err(|_| Error::TokenExpired)?;
-        value.set_sensitive(true);
-        Ok(Some(value))
     }
 
     /// Sends a GET and returns the status, headers' retry delay, content type and body.

@@ -502,3 +502,14 @@ fn url_settings_must_be_absolute() {
     let e = BalenaClient::new(&settings).unwrap_err();
     assert_eq!(e.to_string(), "invalid apiUrl setting: 'api.example.com'");
 }
+
+#[test]
+fn token_with_control_characters_is_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "abc\u{1}def").unwrap();
+    let data = dir.path().display().to_string();
+    let settings =
+        Settings::resolve(dir.path(), dir.path(), [("BALENARC_DATA_DIRECTORY", data)]).unwrap();
+    let e = BalenaClient::new(&settings).unwrap_err();
+    assert_eq!(e.to_string(), "Malformed token");
+}
