@@ -311,3 +311,77 @@ async fn apply_can_write_uncompressed_layers_like_a_device_stores_them() {
         bru_oci::media_type::OCI_LAYER_GZIP
     );
 }
+
+/// skopeo (containers/image, an independent implementation) reads the rebuilt
+/// image from a docker-archive and an OCI layout and sees the target's config.
+#[tokio::test]
+async fn skopeo_reads_the_rebuilt_image() {
+    let skopeo = std::path::Path::new("/usr/bin/skopeo");
+    assert!(
+        skopeo.exists(),
+        "/usr/bin/skopeo is missing: apt-get install skopeo"
+    );
+    let pair = Pair::new(
+        vec![layer(&base_files()), layer(&app_files(1))],
+        vec![layer(&base_files()), layer(&app_files(2))],
+    );
+    support::create(
+        &pair.reference("source"),
+        &pair.reference("target"),
+        &pair.out("delta"),
+    )
+    .await
+    .unwrap();
+    let archive = pair.dir.path().join("rebuilt.tar");
+    let outputs: Vec<(bru_oci::ImageReference, bru_delta::Format, String)> = vec![
+        (
+            format!("docker-archive:{}:rebuilt:v2", archive.display())
+                .parse()
+                .unwrap(),
+            bru_delta::Format::Docker,
+            format!("docker-archive:{}", archive.display()),
+        ),
+        (
+            pair.out("layout"),
+            bru_delta::Format::Oci,
+            format!("oci:{}:layout", pair.dir.path().join("layout").display()),
+        ),
+    ];
+    for (out, format, skopeo_ref) in outputs {
+        let opts = bru_oci::RegistryOptions::default();
+        let s = bru_oci::open_source(&pair.reference("source"), &opts)
+            .await
+            .unwrap();
+        let d = bru_oci::open_source(&pair.out("delta"), &opts)
+            .await
+            .unwrap();
+        let sink = bru_oci::open_sink(&out, &opts).await.unwrap();
+        let apply_opts = bru_delta::ApplyOptions {
+            format,
+            ..Default::default()
+        };
+        bru_delta::apply(
+            &*s,
+            &*d,
+            &*sink,
+            &apply_opts,
+            std::sync::Arc::new(bru_delta::NoProgress),
+        )
+        .await
+        .unwrap();
+        let config = std::process::Command::new(skopeo)
+            .args(["--insecure-policy", "inspect", "--raw", "--config"])
+            .arg(&skopeo_ref)
+            .output()
+            .unwrap();
+        assert!(
+            config.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&config.stderr)
+        );
+        assert_eq!(
+            config.stdout, pair.target.config_bytes,
+            "skopeo sees other config bytes for {skopeo_ref}"
+        );
+    }
+}
