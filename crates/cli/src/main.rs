@@ -4,6 +4,7 @@
 //! `main` only parses the command line, sets up logging, builds the runtime and hands over
 //! to the module of the chosen command.
 
+mod delta_cmd;
 mod update_cmd;
 
 use std::process::ExitCode;
@@ -47,7 +48,11 @@ struct Cli {
 
 /// Subcommands; without one, the top-level flags describe or prepare an update.
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Build, apply and inspect balena v3 delta images (no Docker daemon needed).
+    #[command(subcommand)]
+    Delta(delta_cmd::DeltaCommand),
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -67,7 +72,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None => runtime.block_on(update_cmd::run(cli.update)),
-        Some(command) => match command {},
+        Some(Command::Delta(delta)) => runtime
+            .block_on(delta_cmd::run(delta))
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
