@@ -1,6 +1,6 @@
 //! Measures the matcher on real layers (a benchmark aid, not a test).
 //!
-//! usage: measure BASIS_TAR [BASIS_TAR...] -- TARGET_TAR [TARGET_TAR...] [--no-hints | --whole-hint] [--rdiff]
+//! usage: measure BASIS_TAR [BASIS_TAR...] -- TARGET_TAR [TARGET_TAR...] [--no-hints | --whole-hint | --hints-file F] [--rdiff]
 //!        [--out DIR (save deltas)] [--window N] [--spacing N] [--min-copy N] [--min-rep N] [--hint-window N]
 //!        [--max-chain N] [--threads N] [--chunk N]
 //!
@@ -24,6 +24,7 @@ fn main() {
         (true, false, std::env::temp_dir(), false);
     let mut in_target = false;
     let mut whole_hint = false;
+    let mut hints_file: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = || -> usize { it.next().and_then(|v| v.parse().ok()).expect("number") };
@@ -31,6 +32,7 @@ fn main() {
             "--" => in_target = true,
             "--no-hints" => hints_on = false,
             "--whole-hint" => whole_hint = true,
+            "--hints-file" => hints_file = Some(it.next().expect("file").clone()),
             "--rdiff" => rdiff = true,
             "--no-refine" => opts.refine = false,
             "--out" => {
@@ -57,7 +59,8 @@ fn main() {
         .sum();
     let mut basis = Vec::with_capacity(total as usize);
     for f in &basis_files {
-        basis.extend(std::fs::read(f).expect("read basis"));
+        std::io::Read::read_to_end(&mut std::fs::File::open(f).expect("open basis"), &mut basis)
+            .expect("read basis");
     }
     let t0 = Instant::now();
     let index = BasisIndex::new(&basis, opts.clone());
@@ -71,7 +74,23 @@ fn main() {
     for f in &target_files {
         let target = std::fs::read(f).expect("read target");
         let t1 = Instant::now();
-        let hints = if whole_hint {
+        let hints = if let Some(h) = &hints_file {
+            // Lines of "target_start target_end basis_start basis_end".
+            std::fs::read_to_string(h)
+                .expect("hints file")
+                .lines()
+                .filter_map(|l| {
+                    let v: Vec<u64> = l
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    (v.len() == 4).then(|| bru_rsync::Hint {
+                        target: v[0]..v[1],
+                        basis: v[2]..v[3],
+                    })
+                })
+                .collect()
+        } else if whole_hint {
             // Treat the inputs as one old and one new file.
             vec![bru_rsync::Hint {
                 target: 0..target.len() as u64,

@@ -45,7 +45,7 @@ pub struct MatchOptions {
     /// Worker threads for index build and matching (0 = available parallelism).
     pub threads: usize,
     /// Second pass: where short COPYs are dense, keep whichever of the COPYs, only the longer
-    /// COPYs, or a plain literal deflates smallest.
+    /// COPYs, or a plain literal deflates smallest (see `DESIGN.md`).
     pub refine: bool,
 }
 
@@ -60,7 +60,7 @@ impl Default for MatchOptions {
             max_hint_positions: 1 << 22,
             min_copy: 12,
             min_rep_copy: 8,
-            chunk_size: 8 << 20,
+            chunk_size: 4 << 20,
             threads: 0,
             refine: true,
         }

@@ -1,7 +1,8 @@
 //! Second pass over a chunk's commands: where short COPYs are dense, the gzip-compressed stream
 //! is often smaller if they become literals (a COPY costs 3–17 bytes of poorly compressible
 //! operands, while literal bytes of structured data such as relocation or symbol tables compress
-//! well). Each dense region is encoded three ways and deflated; the smallest wins.
+//! well). Each dense region is encoded five ways (as found, COPYs shorter than 16, 32 or 64 bytes
+//! turned into literals, all literal) and deflated; the smallest wins.
 
 use flate2::{Compress, Compression, FlushCompress};
 
@@ -14,8 +15,6 @@ const KEEP_LEN: usize = 128;
 const MAX_REGION: usize = 32 << 10;
 /// Regions with fewer COPYs are left alone.
 const MIN_COPIES: usize = 4;
-/// The middle variant turns COPYs shorter than this into literals.
-const DEMOTE_LEN: usize = 32;
 
 /// Per-worker state of the refinement pass.
 pub(crate) struct Refiner {
@@ -58,22 +57,23 @@ impl Refiner {
                 continue;
             }
             let end = region.last().map_or(start, |o| o.target + o.len);
-            let demoted = demote(region, DEMOTE_LEN);
             let literal = [Op {
                 target: start,
                 len: end - start,
                 basis: None,
             }];
-            let a = self.cost(region, target);
-            let b = self.cost(&demoted, target);
-            let c = self.cost(&literal, target);
-            if c < a.min(b) {
-                out.extend_from_slice(&literal);
-            } else if b < a {
-                out.extend_from_slice(&demoted);
-            } else {
-                out.extend_from_slice(region);
+            let (d16, d32, d64) = (demote(region, 16), demote(region, 32), demote(region, 64));
+            let cands: [&[Op]; 5] = [region, &d16, &d32, &d64, &literal];
+            let mut best = 0;
+            let mut best_cost = usize::MAX;
+            for (k, c) in cands.iter().enumerate() {
+                let cost = self.cost(c, target);
+                if cost < best_cost {
+                    best = k;
+                    best_cost = cost;
+                }
             }
+            out.extend_from_slice(cands[best]);
         }
         out
     }
