@@ -6,9 +6,12 @@
 //!   with `fetch_max`, so its contents do not depend on the thread count.
 //! * For each target position without a match, candidates come from (1) the diagonals of the
 //!   last few COPYs (a changed field or a shifted instruction leaves the next bytes on the same
-//!   diagonal), (2) a dense hash-chain index of the hinted basis range (built lazily per hint),
-//!   and (3) the global index when the target window is an anchor. Every candidate is extended
-//!   forwards and backwards (eating into the pending literal); the longest wins.
+//!   diagonal), (2) the hint's diagonal and, after a few literal bytes, a dense hash-chain index
+//!   of the hinted basis range (built lazily per hint), and (3) the global index when the target
+//!   window is an anchor. Every candidate is extended forwards and backwards (eating into the
+//!   pending literal); the longest wins, after a one-byte lazy look-ahead for short ones.
+//! * A second pass (`refine.rs`) turns dense short COPYs into literals where that deflates
+//!   smaller.
 //! * The target is cut into fixed-size chunks matched in parallel and stitched in order, so the
 //!   output is the same whatever the number of threads.
 
@@ -350,7 +353,7 @@ impl HintIndex {
 /// target is matched in chunks of [`MatchOptions::chunk_size`] on up to
 /// [`MatchOptions::threads`] threads; the output depends only on the inputs and the index
 /// options, not on the thread count. Besides the index, each thread holds the hash chains of one
-/// hint (at most `8 ×` [`MatchOptions::max_hint_positions`] bytes) and the commands of its chunk.
+/// hint (at most `12 ×` [`MatchOptions::max_hint_positions`] bytes) and the commands of its chunk.
 /// The index can serve several `diff` calls at once.
 pub fn diff<W: Write>(
     index: &BasisIndex,
