@@ -64,7 +64,7 @@ pub struct CommonArgs {
     #[arg(long, value_enum)]
     format: Option<ManifestFlavour>,
     /// gzip level of the written layers, 1-9, or 0 for uncompressed tars
-    /// [default: 9 for delta layers (smallest download), 1 for rebuilt layers (fast)].
+    /// [default: 9 for delta layers (smallest download), 0 for rebuilt layers (fast, as a device stores them)].
     #[arg(long, value_name = "0-9", value_parser = clap::value_parser!(u32).range(0..=9))]
     gzip_level: Option<u32>,
     /// Directory for temporary files (decompressed layers) [default: the system temp dir].

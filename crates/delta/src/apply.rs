@@ -27,8 +27,9 @@ pub struct ApplyOptions {
     pub workdir: Option<PathBuf>,
     /// Manifest flavour of the rebuilt image.
     pub format: Format,
-    /// gzip level of the rebuilt layers, 1–9, or 0 for uncompressed tars
-    /// (what a device stores). Default 1: compression dominates apply time.
+    /// gzip level of the rebuilt layers, 1–9, or 0 (the default) for
+    /// uncompressed tars, as a device stores them: compression would dominate
+    /// the apply time.
     pub gzip_level: u32,
 }
 
@@ -37,7 +38,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             workdir: None,
             format: Format::Docker,
-            gzip_level: 1,
+            gzip_level: 0,
         }
     }
 }

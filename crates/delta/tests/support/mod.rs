@@ -218,14 +218,15 @@ pub async fn check_round_trip(pair: &Pair) -> DeltaInfo {
     let image = out.image().await.unwrap();
     assert_eq!(image.config_bytes, pair.target.config_bytes);
     for (i, desc) in image.manifest.layers.iter().enumerate() {
-        let r = out.blob(desc).await.unwrap();
-        let mut plain = Vec::new();
-        let mut gz = Vec::new();
-        let mut r = r;
-        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut gz)
+        let mut r = out.blob(desc).await.unwrap();
+        let mut blob = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut blob)
             .await
             .unwrap();
-        flate2::read::GzDecoder::new(&gz[..])
+        // Reused common layers stay gzip; rebuilt ones are plain tars by default.
+        let mut plain = Vec::new();
+        bru_oci::decompress_read(&blob[..])
+            .unwrap()
             .read_to_end(&mut plain)
             .unwrap();
         assert_eq!(plain, pair.target_layers[i], "rebuilt layer {i} differs");

@@ -1,0 +1,98 @@
+//! `release add` / `release list`: releases in an embedded store (`--store DIR`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use bru_oci::RegistryOptions;
+use bru_service::{absolutize, BuilderConfig, ClaimPolicy, Embedded};
+use clap::{Args, Subcommand};
+
+/// Manage the releases of an embedded store.
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Record a release: read each service's image (manifest digest, sizes) and store it.
+    ///
+    /// Prints the stored release as JSON. Relative oci:/docker-archive: paths are taken
+    /// relative to the current directory.
+    Add(AddArgs),
+    /// List the releases of the store as JSON, oldest first.
+    List(ListArgs),
+}
+
+/// The store directory and registry access.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store directory (database in DIR/state/, created if missing).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure: Vec<String>,
+}
+
+/// Arguments of `release add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Fleet (application) name; created on first use.
+    #[arg(long, value_name = "NAME")]
+    fleet: String,
+    /// Commit hash of the release.
+    #[arg(long, value_name = "HASH")]
+    commit: String,
+    /// A service and its image: NAME=oci:DIR[:TAG], NAME=docker-archive:FILE or
+    /// NAME=HOST/REPO[:TAG|@DIGEST]. Repeatable.
+    #[arg(long = "service", value_name = "NAME=IMAGE", required = true)]
+    services: Vec<String>,
+}
+
+/// Arguments of `release list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only the releases of this fleet.
+    #[arg(long, value_name = "NAME")]
+    fleet: Option<String>,
+}
+
+/// Opens the embedded backend of a store directory.
+pub async fn open_store(dir: &Path, insecure: &[String]) -> anyhow::Result<Embedded> {
+    let mut registry = RegistryOptions::default();
+    registry.insecure = insecure.to_vec();
+    let mut config = BuilderConfig::new(dir);
+    config.registry = registry;
+    Embedded::open(dir, config, ClaimPolicy::default())
+        .await
+        .with_context(|| format!("open the store {}", dir.display()))
+}
+
+/// Runs a `release` subcommand and prints its JSON result on stdout.
+pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
+    let json = match command {
+        ReleaseCommand::Add(args) => {
+            let cwd = std::env::current_dir().context("read the current directory")?;
+            let mut services = Vec::new();
+            for s in &args.services {
+                let Some((name, reference)) = s.split_once('=') else {
+                    bail!("--service must be NAME=IMAGE, got {s:?}");
+                };
+                services.push((name.to_owned(), absolutize(name, reference, &cwd)?));
+            }
+            let store = open_store(&args.store.store, &args.store.insecure).await?;
+            let release = store
+                .add_release(&args.fleet, &args.commit, &services)
+                .await?;
+            serde_json::to_string_pretty(&release)?
+        }
+        ReleaseCommand::List(args) => {
+            let store = open_store(&args.store.store, &args.store.insecure).await?;
+            let releases = store.store().list_releases(args.fleet.as_deref()).await?;
+            serde_json::to_string_pretty(&releases)?
+        }
+    };
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{json}").context("write the result")?;
+    Ok(())
+}
