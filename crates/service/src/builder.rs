@@ -1,0 +1,246 @@
+//! Building one claimed delta: open both images, run the delta engine into the output
+//! location, heartbeat the row while working, record the outcome.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bru_delta::{CreateOptions, NoProgress, Progress};
+use bru_oci::{open_sink, open_source, ImageReference, RegistryOptions, RegistryReference};
+use sha2::{Digest as _, Sha256};
+
+use crate::store::{DeltaRecord, ImageRecord, Outcome, Store};
+use crate::ServiceError;
+
+/// How deltas are built and where they go.
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    /// How to reach registries (plain-HTTP hosts, credentials) for reading images and
+    /// pushing deltas.
+    pub registry: RegistryOptions,
+    /// Where deltas of images that are not on a registry (OCI layouts, docker archives) are
+    /// written: one OCI layout per delta, `<delta_dir>/delta-<16 hex>`.
+    pub delta_dir: PathBuf,
+    /// Scratch space for decompressed layers (default: the system temporary directory).
+    pub workdir: Option<PathBuf>,
+    /// How often a running build bumps its row's heartbeat (default 30 s).
+    pub heartbeat_interval: Duration,
+    /// gzip level of the delta layers (default 9: deltas are built once, pulled often).
+    pub gzip_level: u32,
+}
+
+impl BuilderConfig {
+    /// Defaults with OCI-layout deltas under `delta_dir`.
+    pub fn new(delta_dir: impl Into<PathBuf>) -> Self {
+        BuilderConfig {
+            registry: RegistryOptions::default(),
+            delta_dir: delta_dir.into(),
+            workdir: None,
+            heartbeat_interval: Duration::from_secs(30),
+            gzip_level: 9,
+        }
+    }
+}
+
+/// The tag of the delta from the image with manifest digest `src` to the one with `dest`:
+/// `delta-` and the first 16 hex digits of sha256 of `"<src> <dest> v3"`.
+pub fn delta_tag(src: &str, dest: &str) -> String {
+    let hash = Sha256::digest(format!("{src} {dest} v3").as_bytes());
+    format!("delta-{}", &hex::encode(hash)[..16])
+}
+
+/// Builds deltas for claimed rows.
+#[derive(Debug)]
+pub struct DeltaBuilder {
+    config: BuilderConfig,
+    started: AtomicU64,
+}
+
+impl DeltaBuilder {
+    /// A builder with this configuration.
+    pub fn new(config: BuilderConfig) -> Self {
+        DeltaBuilder {
+            config,
+            started: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BuilderConfig {
+        &self.config
+    }
+
+    /// How many builds this builder has started.
+    pub fn builds_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Where the delta from `src` to `dest` goes, and the location recorded for it.
+    ///
+    /// Registry images: the destination repository on the destination's registry, tagged
+    /// [`delta_tag`]; the location is `HOST/REPO:TAG` (what a device pulls). Other images:
+    /// an OCI layout under [`BuilderConfig::delta_dir`].
+    pub fn output_for(
+        &self,
+        src: &ImageRecord,
+        dest: &ImageRecord,
+    ) -> Result<(ImageReference, String), ServiceError> {
+        let tag = delta_tag(&src.content_hash, &dest.content_hash);
+        let dest_ref = parse(dest)?;
+        Ok(match dest_ref {
+            ImageReference::Registry(r) => {
+                let out = RegistryReference {
+                    registry: r.registry,
+                    repository: r.repository,
+                    tag: Some(tag),
+                    digest: None,
+                };
+                let location = out.to_string();
+                (ImageReference::Registry(out), location)
+            }
+            _ => {
+                let out = ImageReference::OciLayout {
+                    path: self.config.delta_dir.join(&tag),
+                    tag: Some(tag),
+                };
+                let location = out.to_string();
+                (out, location)
+            }
+        })
+    }
+
+    /// Builds the delta from `src` to `dest` and returns its location and size (what a
+    /// device downloads). Registry images are read by the digest recorded at import.
+    pub async fn build(
+        &self,
+        src: &ImageRecord,
+        dest: &ImageRecord,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(String, u64), ServiceError> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let (out, location) = self.output_for(src, dest)?;
+        let opts = &self.config.registry;
+        let source = open_pinned(src, opts).await?;
+        let target = open_pinned(dest, opts).await?;
+        if let ImageReference::OciLayout { path, .. } = &out {
+            std::fs::create_dir_all(path).map_err(ServiceError::io(path))?;
+        }
+        let sink = open_sink(&out, opts)
+            .await
+            .map_err(|source| ServiceError::Image {
+                reference: location.clone(),
+                source,
+            })?;
+        let create = CreateOptions {
+            workdir: self.config.workdir.clone(),
+            gzip_level: self.config.gzip_level,
+            ..CreateOptions::default()
+        };
+        tracing::info!(src = src.id, dest = dest.id, %location, "building delta");
+        let info = bru_delta::create(&*source, &*target, &*sink, &create, progress)
+            .await
+            .map_err(ServiceError::Build)?;
+        tracing::info!(
+            src = src.id,
+            dest = dest.id,
+            %location,
+            size = info.download_bytes,
+            full = dest.image_size,
+            "delta built"
+        );
+        Ok((location, info.download_bytes))
+    }
+
+    /// Runs the build of a row claimed by `owner`: heartbeats it while working and records
+    /// the outcome. Returns the finished row.
+    pub async fn run(
+        &self,
+        store: &dyn Store,
+        row: &DeltaRecord,
+        owner: &str,
+    ) -> Result<DeltaRecord, ServiceError> {
+        let work = async {
+            let src = image(store, row.source_image).await?;
+            let dest = image(store, row.target_image).await?;
+            self.build(&src, &dest, Arc::new(NoProgress)).await
+        };
+        let heartbeat = async {
+            let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match store.heartbeat(row.id, owner).await {
+                    Ok(true) => {}
+                    Ok(false) => return ServiceError::LostClaim { id: row.id },
+                    Err(e) => tracing::warn!(delta = row.id, error = %e, "heartbeat failed"),
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            result = work => match result {
+                Ok((location, size)) => Outcome::Success { location, size },
+                Err(e) => {
+                    tracing::warn!(delta = row.id, error = %chain(&e), "delta build failed");
+                    Outcome::Failed { error: chain(&e) }
+                }
+            },
+            lost = heartbeat => return Err(lost),
+        };
+        store.finish_delta(row.id, owner, outcome).await
+    }
+}
+
+async fn image(store: &dyn Store, id: u64) -> Result<ImageRecord, ServiceError> {
+    store
+        .image(id)
+        .await?
+        .ok_or(ServiceError::UnknownImage { id })
+}
+
+fn parse(image: &ImageRecord) -> Result<ImageReference, ServiceError> {
+    image
+        .location
+        .parse()
+        .map_err(|source| ServiceError::InvalidReference {
+            service: image.service_name.clone(),
+            source,
+        })
+}
+
+/// Opens an image and checks that it is still the one recorded (same manifest digest).
+async fn open_pinned(
+    image: &ImageRecord,
+    opts: &RegistryOptions,
+) -> Result<Box<dyn bru_oci::ImageSource>, ServiceError> {
+    let mut reference = parse(image)?;
+    let err = |source| ServiceError::Image {
+        reference: image.location.clone(),
+        source,
+    };
+    if let ImageReference::Registry(r) = &mut reference {
+        r.digest = Some(image.content_hash.parse().map_err(err)?);
+    }
+    let source = open_source(&reference, opts).await.map_err(err)?;
+    let pulled = source.image().await.map_err(err)?;
+    let expected: bru_oci::Digest = image.content_hash.parse().map_err(err)?;
+    if pulled.manifest_digest != expected {
+        return Err(err(bru_oci::OciError::DigestMismatch {
+            expected,
+            actual: pulled.manifest_digest,
+        }));
+    }
+    Ok(source)
+}
+
+/// An error and its causes, joined with `: `.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,340 @@
+//! The embedded backend: bru-core's [`ReleaseSource`] and [`DeltaService`] over a [`Store`]
+//! and a [`DeltaBuilder`], in-process.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bru_core::{Delta, DeltaService, DeltaTrigger, Image, Release, ReleaseSource, ServiceImage};
+use tokio::task::JoinSet;
+
+use crate::builder::{chain, BuilderConfig, DeltaBuilder};
+use crate::import::{absolutize, check_release, resolve_image, FleetFile};
+use crate::sqlite::{now_ms, SqliteStore};
+use crate::store::{
+    Claim, ClaimPolicy, DeltaRecord, ImageRecord, ReleaseRecord, Store, DELTA_VERSION,
+};
+use crate::ServiceError;
+
+/// Readers count a `running` row as live when its heartbeat is newer than this (balena's
+/// readers use 3 minutes against a 5 minute staleness limit, leaving room for clock skew).
+const RUNNING_FRESH: Duration = Duration::from_secs(3 * 60);
+
+/// The answer to a delta request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaRequest {
+    /// The delta exists.
+    Ready(DeltaRecord),
+    /// It is being built (here or by another instance); ask again later.
+    Building,
+    /// The last build failed recently; not retried before the cool-down ends.
+    Failed(DeltaRecord),
+}
+
+/// Store plus builder: answers delta requests, building each delta at most once.
+///
+/// Within one process, concurrent requests for the same pair start one build (single
+/// flight); across processes, [`Store::claim_delta`] decides.
+#[derive(Debug)]
+pub struct Embedded {
+    store: Arc<dyn Store>,
+    builder: Arc<DeltaBuilder>,
+    owner: String,
+    policy: ClaimPolicy,
+    label: String,
+    inflight: Arc<Mutex<HashSet<(u64, u64)>>>,
+    claim_lock: tokio::sync::Mutex<()>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl Embedded {
+    /// A backend over `store` and `builder`. `owner` names this instance in delta rows
+    /// (make it unique per process).
+    pub fn new(
+        store: Arc<dyn Store>,
+        builder: DeltaBuilder,
+        owner: impl Into<String>,
+        policy: ClaimPolicy,
+    ) -> Self {
+        Embedded {
+            label: format!("{store:?}"),
+            store,
+            builder: Arc::new(builder),
+            owner: owner.into(),
+            policy,
+            inflight: Arc::default(),
+            claim_lock: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Opens the store directory `dir`: the database is `dir/state/store.sqlite`, deltas of
+    /// non-registry images go to `dir/state/deltas/`, and `dir/fleet.json` (if present) is
+    /// imported the first time. `config.delta_dir` is replaced by `dir/state/deltas`.
+    pub async fn open(
+        dir: &Path,
+        mut config: BuilderConfig,
+        policy: ClaimPolicy,
+    ) -> Result<Self, ServiceError> {
+        let state = state_dir(dir);
+        let store = SqliteStore::open(state.join("store.sqlite")).await?;
+        config.delta_dir = state.join("deltas");
+        let fleet_file = dir.join("fleet.json");
+        let owner = format!("embedded-{}-{}", std::process::id(), now_ms());
+        let mut this = Embedded::new(
+            Arc::new(store.clone()),
+            DeltaBuilder::new(config),
+            owner,
+            policy,
+        );
+        this.label = dir.display().to_string();
+        if fleet_file.exists() && store.meta("fleet_file_imported").await?.is_none() {
+            let file = FleetFile::read(&fleet_file)?;
+            for release in &file.releases {
+                let services: Vec<(String, String)> = release
+                    .services
+                    .iter()
+                    .map(|(s, r)| Ok((s.clone(), absolutize(s, r, dir)?)))
+                    .collect::<Result<_, ServiceError>>()?;
+                if this
+                    .store
+                    .releases_by_commit(&release.commit)
+                    .await?
+                    .iter()
+                    .any(|r| r.fleet == file.fleet && r.commit == release.commit)
+                {
+                    continue;
+                }
+                this.add_release(&file.fleet, &release.commit, &services)
+                    .await?;
+            }
+            store.set_meta("fleet_file_imported", "1").await?;
+            tracing::info!(path = %fleet_file.display(), "imported the fleet file");
+        }
+        Ok(this)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The builder.
+    pub fn builder(&self) -> &DeltaBuilder {
+        &self.builder
+    }
+
+    /// Resolves each `(service, image reference)` (concurrently) and records a release of
+    /// `fleet`. Nothing is recorded unless every image could be read.
+    pub async fn add_release(
+        &self,
+        fleet: &str,
+        commit: &str,
+        services: &[(String, String)],
+    ) -> Result<ReleaseRecord, ServiceError> {
+        let names: Vec<&str> = services.iter().map(|(s, _)| s.as_str()).collect();
+        check_release(fleet, commit, &names)?;
+        let registry = &self.builder.config().registry;
+        let images = futures::future::try_join_all(
+            services
+                .iter()
+                .map(|(service, reference)| resolve_image(service, reference, registry)),
+        )
+        .await?;
+        self.store
+            .add_release(fleet, &commit.to_ascii_lowercase(), images)
+            .await
+    }
+
+    /// Asks for the delta from image `src` to image `dest`: ready, being built (a build is
+    /// started in the background if nobody is building it), or failed recently.
+    pub async fn request(&self, src: u64, dest: u64) -> Result<DeltaRequest, ServiceError> {
+        if self.is_inflight(src, dest) {
+            return Ok(DeltaRequest::Building);
+        }
+        // One claim at a time in this process, so that concurrent callers see the in-flight
+        // mark of the first instead of racing to the database.
+        let _guard = self.claim_lock.lock().await;
+        if self.is_inflight(src, dest) {
+            return Ok(DeltaRequest::Building);
+        }
+        let claim = self
+            .store
+            .claim_delta(src, dest, DELTA_VERSION, &self.owner, &self.policy)
+            .await?;
+        Ok(match claim {
+            Claim::Ready(row) => DeltaRequest::Ready(row),
+            Claim::Running(_) => DeltaRequest::Building,
+            Claim::Failed(row) => DeltaRequest::Failed(row),
+            Claim::Claimed { row, took_over } => {
+                if took_over {
+                    tracing::info!(delta = row.id, "restarting a build abandoned by its owner");
+                }
+                self.spawn_build(row);
+                DeltaRequest::Building
+            }
+        })
+    }
+
+    fn is_inflight(&self, src: u64, dest: u64) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(src, dest))
+    }
+
+    fn spawn_build(&self, row: DeltaRecord) {
+        let key = (row.source_image, row.target_image);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+        let (store, builder, owner, inflight) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.builder),
+            self.owner.clone(),
+            Arc::clone(&self.inflight),
+        );
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished tasks so the set does not grow in a long-running process.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            match builder.run(&*store, &row, &owner).await {
+                Ok(done) => tracing::debug!(delta = done.id, status = ?done.status, "build ended"),
+                Err(e) => tracing::warn!(delta = row.id, error = %chain(&e), "build ended without a record"),
+            }
+            inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        });
+    }
+
+    /// Waits until every build started by this instance has ended.
+    pub async fn wait_for_builds(&self) {
+        loop {
+            let mut set =
+                std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            if set.is_empty() {
+                return;
+            }
+            while let Some(result) = set.join_next().await {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "a build task failed");
+                }
+            }
+        }
+    }
+
+    fn core_error(&self, e: ServiceError) -> bru_core::Error {
+        match e {
+            ServiceError::UnknownImage { id } => bru_core::Error::ImageNotFound { id },
+            e => bru_core::Error::Network {
+                url: format!("embedded store {}", self.label),
+                source: Box::new(e),
+            },
+        }
+    }
+}
+
+fn release(r: ReleaseRecord) -> Release {
+    Release {
+        id: r.id,
+        commit: r.commit,
+        application_id: r.fleet_id,
+        images: r
+            .images
+            .into_iter()
+            .map(|i| ServiceImage {
+                service_name: i.service_name,
+                image_id: i.id,
+            })
+            .collect(),
+    }
+}
+
+fn image(i: ImageRecord) -> Image {
+    Image {
+        id: i.id,
+        location: i.location,
+        content_hash: Some(i.content_hash),
+        size: i.image_size,
+    }
+}
+
+#[async_trait]
+impl ReleaseSource for Embedded {
+    async fn release_by_id(&self, id: u64) -> Result<Option<Release>, bru_core::Error> {
+        let found = self
+            .store
+            .release(id)
+            .await
+            .map_err(|e| self.core_error(e))?;
+        Ok(found.filter(|r| r.status == "success").map(release))
+    }
+
+    async fn releases_by_commit(&self, prefix: &str) -> Result<Vec<Release>, bru_core::Error> {
+        let found = self
+            .store
+            .releases_by_commit(prefix)
+            .await
+            .map_err(|e| self.core_error(e))?;
+        Ok(found
+            .into_iter()
+            .filter(|r| r.status == "success")
+            .map(release)
+            .collect())
+    }
+
+    async fn image(&self, id: u64) -> Result<Option<Image>, bru_core::Error> {
+        let found = self.store.image(id).await.map_err(|e| self.core_error(e))?;
+        Ok(found.filter(|i| i.status == "success").map(image))
+    }
+
+    async fn latest_delta(&self, src: u64, dest: u64) -> Result<Option<Delta>, bru_core::Error> {
+        let since = now_ms().saturating_sub(RUNNING_FRESH.as_millis() as i64);
+        let found = self
+            .store
+            .latest_delta(src, dest, DELTA_VERSION, since)
+            .await
+            .map_err(|e| self.core_error(e))?;
+        Ok(found.map(|d| Delta {
+            id: d.id,
+            status: d.status.as_str().to_string(),
+            version: d.version,
+            location: d.location,
+            size: d.size.unwrap_or(0),
+        }))
+    }
+}
+
+#[async_trait]
+impl DeltaService for Embedded {
+    /// Ready or building; a recent failure is an error with status 422 (permanent for this
+    /// pair until the cool-down ends), as a delta server would answer it.
+    async fn request_delta(&self, src: u64, dest: u64) -> Result<DeltaTrigger, bru_core::Error> {
+        match self
+            .request(src, dest)
+            .await
+            .map_err(|e| self.core_error(e))?
+        {
+            DeltaRequest::Ready(_) => Ok(DeltaTrigger::Ready),
+            DeltaRequest::Building => Ok(DeltaTrigger::Building),
+            DeltaRequest::Failed(row) => Err(bru_core::Error::Request {
+                status: 422,
+                message: format!(
+                    "the delta from image {src} to image {dest} failed: {}",
+                    row.error_message.as_deref().unwrap_or("unknown error")
+                ),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+/// The state directory of a store directory (database and built deltas).
+pub fn state_dir(store_dir: &Path) -> PathBuf {
+    store_dir.join("state")
+}

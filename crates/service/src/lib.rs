@@ -1,0 +1,49 @@
+//! The delta service core of balena-release-update: an embedded record store of fleets,
+//! releases, images and deltas, and build-once delta builds.
+//!
+//! * [`Store`] is the record store, shaped like balena's pine resources (`release`,
+//!   `image`, `delta`); [`SqliteStore`] implements it in one SQLite file (WAL journal,
+//!   schema versioned with `PRAGMA user_version`). Another implementation (PostgreSQL, for
+//!   several server instances) only has to keep [`Store::claim_delta`] atomic.
+//! * Build once: [`Store::claim_delta`] allows at most one `running` and one `success` row
+//!   per (source image, target image, version), enforced by partial unique indexes. A
+//!   `running` row whose heartbeat is older than [`ClaimPolicy::stale_after`] is taken over
+//!   (the owner crashed); a `failed` row is remembered with its error and the pair is not
+//!   retried before [`ClaimPolicy::retry_failed_after`].
+//! * [`DeltaBuilder`] builds one claimed delta with `bru-delta`, heartbeating the row, and
+//!   writes the delta image into the destination repository on the destination's registry
+//!   (tag [`delta_tag`]), or into an OCI layout for images that are not on a registry.
+//! * [`Embedded`] puts both behind bru-core's `ReleaseSource` and `DeltaService`, so the
+//!   report, `prepare` and `wait` run in-process and offline; in one process, concurrent
+//!   requests for one pair start a single build.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use bru_core::{prepare_update, PrepareOptions, ReleaseRef};
+//! use bru_service::{BuilderConfig, ClaimPolicy, Embedded};
+//!
+//! let dir = std::path::Path::new("examples/demo");
+//! let backend = Embedded::open(dir, BuilderConfig::new("unused"), ClaimPolicy::default()).await?;
+//! let options = PrepareOptions { wait: true, ..Default::default() };
+//! let info = prepare_update(&ReleaseRef::Id(1), &ReleaseRef::Id(2), &backend, &options).await?;
+//! println!("{:?}", info.estimated_total_payload_size);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod builder;
+mod embedded;
+mod error;
+mod import;
+mod sqlite;
+mod store;
+
+pub use builder::{delta_tag, BuilderConfig, DeltaBuilder};
+pub use embedded::{state_dir, DeltaRequest, Embedded};
+pub use error::ServiceError;
+pub use import::{absolutize, check_release, resolve_image, FleetFile, FleetRelease};
+pub use sqlite::SqliteStore;
+pub use store::{
+    Claim, ClaimPolicy, DeltaRecord, DeltaStatus, ImageRecord, NewImage, Outcome, ReleaseRecord,
+    Store, DELTA_VERSION,
+};

@@ -1,0 +1,889 @@
+//! The SQLite implementation of [`Store`]: one file, WAL journal, schema versioned with
+//! `PRAGMA user_version`, blocking calls on tokio's blocking threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::store::{
+    Claim, ClaimPolicy, DeltaRecord, DeltaStatus, ImageRecord, NewImage, Outcome, ReleaseRecord,
+    Store,
+};
+use crate::ServiceError;
+
+/// Schema migrations; migration `i` brings `user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE fleets (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE services (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    fleet        INTEGER NOT NULL REFERENCES fleets(id),
+    service_name TEXT NOT NULL,
+    UNIQUE (fleet, service_name)
+);
+CREATE TABLE releases (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    fleet      INTEGER NOT NULL REFERENCES fleets(id),
+    "commit"   TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (fleet, "commit")
+);
+CREATE TABLE images (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    service      INTEGER NOT NULL REFERENCES services(id),
+    location     TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    image_size   INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+CREATE TABLE release_images (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    release INTEGER NOT NULL REFERENCES releases(id),
+    image   INTEGER NOT NULL REFERENCES images(id),
+    UNIQUE (release, image)
+);
+CREATE TABLE deltas (
+    id                     INTEGER PRIMARY KEY AUTOINCREMENT,
+    originates_from__image INTEGER NOT NULL REFERENCES images(id),
+    produces__image        INTEGER NOT NULL REFERENCES images(id),
+    version                INTEGER NOT NULL,
+    status                 TEXT NOT NULL CHECK (status IN ('running', 'success', 'failed')),
+    is_stored_at__location TEXT,
+    size                   INTEGER,
+    error_message          TEXT,
+    owner                  TEXT NOT NULL,
+    created_at             INTEGER NOT NULL,
+    update_timestamp       INTEGER NOT NULL,
+    end_timestamp          INTEGER
+);
+-- Build once: at most one running and one successful row per pair and version.
+CREATE UNIQUE INDEX deltas_one_running
+    ON deltas (originates_from__image, produces__image, version) WHERE status = 'running';
+CREATE UNIQUE INDEX deltas_one_success
+    ON deltas (originates_from__image, produces__image, version) WHERE status = 'success';
+CREATE INDEX deltas_by_pair ON deltas (originates_from__image, produces__image, version, id);
+"#];
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A [`Store`] in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file `path` and migrates its schema.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, ServiceError> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&p))
+            .await
+            .map_err(|e| ServiceError::Task {
+                reason: e.to_string(),
+            })??;
+        Ok(SqliteStore {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads a value of the store's key/value metadata.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, ServiceError> {
+        let key = key.to_string();
+        self.call(move |c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    /// Sets a value of the store's key/value metadata.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), ServiceError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    async fn call<T, F>(&self, f: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.try_call(move |c| f(c).map_err(Failure::Db)).await
+    }
+
+    /// Like [`SqliteStore::call`] with errors of this crate as well.
+    async fn try_call<T, F>(&self, f: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a transaction open (rusqlite rolls
+            // back on drop), so a poisoned lock is safe to reuse.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard).map_err(|e| match e {
+                Failure::Db(e) => ServiceError::db(path)(e),
+                Failure::Service(e) => e,
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Task {
+            reason: e.to_string(),
+        })?
+    }
+}
+
+/// An error inside a database closure.
+enum Failure {
+    Db(rusqlite::Error),
+    Service(ServiceError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+fn open_blocking(path: &Path) -> Result<Connection, ServiceError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(ServiceError::io(parent))?;
+    }
+    let db = ServiceError::db;
+    let mut conn = Connection::open(path).map_err(db(path))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(db(path))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(db(path))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(db(path))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "the database is not in WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db(path))?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ServiceError> {
+    let db = ServiceError::db;
+    let known = MIGRATIONS.len() as i64;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db(path))?;
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db(path))?;
+    if found > known {
+        return Err(ServiceError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tracing::info!(path = %path.display(), to = version + 1, "migrating the store schema");
+        tx.execute_batch(sql).map_err(db(path))?;
+    }
+    if found < known {
+        tx.pragma_update(None, "user_version", known)
+            .map_err(db(path))?;
+    }
+    tx.commit().map_err(db(path))
+}
+
+const DELTA_COLUMNS: &str = "id, originates_from__image, produces__image, version, status, \
+     is_stored_at__location, size, error_message, owner, created_at, update_timestamp, end_timestamp";
+
+fn delta_row(r: &Row<'_>) -> rusqlite::Result<DeltaRecord> {
+    let status: String = r.get(4)?;
+    Ok(DeltaRecord {
+        id: r.get(0)?,
+        source_image: r.get(1)?,
+        target_image: r.get(2)?,
+        version: r.get(3)?,
+        status: DeltaStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                format!("unknown delta status {status:?}").into(),
+            )
+        })?,
+        location: r.get(5)?,
+        size: r.get(6)?,
+        error_message: r.get(7)?,
+        owner: r.get(8)?,
+        created_at: r.get(9)?,
+        update_timestamp: r.get(10)?,
+        end_timestamp: r.get(11)?,
+    })
+}
+
+fn delta_by_id(c: &Connection, id: u64) -> rusqlite::Result<DeltaRecord> {
+    c.query_row(
+        &format!("SELECT {DELTA_COLUMNS} FROM deltas WHERE id = ?1"),
+        [id],
+        delta_row,
+    )
+}
+
+/// The newest row of `status` for the pair.
+fn newest_with_status(
+    c: &Connection,
+    src: u64,
+    dest: u64,
+    version: u32,
+    status: Option<DeltaStatus>,
+) -> rusqlite::Result<Option<DeltaRecord>> {
+    c.query_row(
+        &format!(
+            "SELECT {DELTA_COLUMNS} FROM deltas
+             WHERE originates_from__image = ?1 AND produces__image = ?2 AND version = ?3
+               AND (?4 IS NULL OR status = ?4)
+             ORDER BY id DESC LIMIT 1"
+        ),
+        params![src, dest, version, status.map(DeltaStatus::as_str)],
+        delta_row,
+    )
+    .optional()
+}
+
+const IMAGE_COLUMNS: &str =
+    "images.id, services.service_name, images.location, images.content_hash, images.image_size, images.status";
+
+fn image_row(r: &Row<'_>) -> rusqlite::Result<ImageRecord> {
+    Ok(ImageRecord {
+        id: r.get(0)?,
+        service_name: r.get(1)?,
+        location: r.get(2)?,
+        content_hash: r.get(3)?,
+        image_size: r.get(4)?,
+        status: r.get(5)?,
+    })
+}
+
+fn release_images(c: &Connection, release: u64) -> rusqlite::Result<Vec<ImageRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {IMAGE_COLUMNS} FROM release_images
+         JOIN images ON images.id = release_images.image
+         JOIN services ON services.id = images.service
+         WHERE release_images.release = ?1
+         ORDER BY services.service_name"
+    ))?;
+    let rows = stmt.query_map([release], image_row)?;
+    rows.collect()
+}
+
+/// Releases matching `filter` (an SQL condition on `releases`/`fleets` using `?1`).
+fn releases_where(
+    c: &Connection,
+    filter: &str,
+    arg: rusqlite::types::Value,
+) -> rusqlite::Result<Vec<ReleaseRecord>> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT releases.id, releases.fleet, fleets.name, releases.\"commit\", releases.status,
+                releases.created_at
+         FROM releases JOIN fleets ON fleets.id = releases.fleet
+         WHERE {filter} ORDER BY releases.id"
+    ))?;
+    let heads = stmt
+        .query_map([arg], |r| {
+            Ok(ReleaseRecord {
+                id: r.get(0)?,
+                fleet_id: r.get(1)?,
+                fleet: r.get(2)?,
+                commit: r.get(3)?,
+                status: r.get(4)?,
+                created_at: r.get(5)?,
+                images: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    heads
+        .into_iter()
+        .map(|mut release| {
+            release.images = release_images(c, release.id)?;
+            Ok(release)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn add_release(
+        &self,
+        fleet: &str,
+        commit: &str,
+        images: Vec<NewImage>,
+    ) -> Result<ReleaseRecord, ServiceError> {
+        let (fleet, commit) = (fleet.to_string(), commit.to_string());
+        let id = self
+            .try_call(move |c| {
+                let now = now_ms();
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "INSERT INTO fleets (name, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![fleet, now],
+                )?;
+                let fleet_id: u64 =
+                    tx.query_row("SELECT id FROM fleets WHERE name = ?1", [&fleet], |r| {
+                        r.get(0)
+                    })?;
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM releases WHERE fleet = ?1 AND \"commit\" = ?2)",
+                    params![fleet_id, commit],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    return Err(Failure::Service(ServiceError::ReleaseExists {
+                        fleet: fleet.clone(),
+                        commit: commit.clone(),
+                    }));
+                }
+                tx.execute(
+                    "INSERT INTO releases (fleet, \"commit\", status, created_at)
+                     VALUES (?1, ?2, 'success', ?3)",
+                    params![fleet_id, commit, now],
+                )?;
+                let release_id = tx.last_insert_rowid();
+                for image in &images {
+                    tx.execute(
+                        "INSERT INTO services (fleet, service_name) VALUES (?1, ?2)
+                         ON CONFLICT (fleet, service_name) DO NOTHING",
+                        params![fleet_id, image.service_name],
+                    )?;
+                    let service_id: u64 = tx.query_row(
+                        "SELECT id FROM services WHERE fleet = ?1 AND service_name = ?2",
+                        params![fleet_id, image.service_name],
+                        |r| r.get(0),
+                    )?;
+                    tx.execute(
+                        "INSERT INTO images (service, location, content_hash, image_size, status,
+                                             created_at)
+                         VALUES (?1, ?2, ?3, ?4, 'success', ?5)",
+                        params![
+                            service_id,
+                            image.location,
+                            image.content_hash,
+                            image.image_size,
+                            now
+                        ],
+                    )?;
+                    let image_id = tx.last_insert_rowid();
+                    tx.execute(
+                        "INSERT INTO release_images (release, image) VALUES (?1, ?2)",
+                        params![release_id, image_id],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(release_id as u64)
+            })
+            .await?;
+        self.release(id).await?.ok_or(ServiceError::Task {
+            reason: format!("release {id} vanished after insert"),
+        })
+    }
+
+    async fn list_releases(&self, fleet: Option<&str>) -> Result<Vec<ReleaseRecord>, ServiceError> {
+        let fleet = fleet.map(str::to_string);
+        self.call(move |c| match fleet {
+            Some(name) => releases_where(c, "fleets.name = ?1", name.into()),
+            None => releases_where(c, "?1 IS NULL", rusqlite::types::Value::Null),
+        })
+        .await
+    }
+
+    async fn release(&self, id: u64) -> Result<Option<ReleaseRecord>, ServiceError> {
+        let id = i64::try_from(id).unwrap_or(i64::MAX);
+        self.call(move |c| releases_where(c, "releases.id = ?1", id.into()).map(|mut v| v.pop()))
+            .await
+    }
+
+    async fn releases_by_commit(&self, prefix: &str) -> Result<Vec<ReleaseRecord>, ServiceError> {
+        let prefix = prefix.to_string();
+        self.call(move |c| {
+            // substr() keeps the match case-sensitive and free of LIKE wildcards.
+            releases_where(
+                c,
+                "substr(releases.\"commit\", 1, length(?1)) = ?1",
+                prefix.into(),
+            )
+        })
+        .await
+    }
+
+    async fn image(&self, id: u64) -> Result<Option<ImageRecord>, ServiceError> {
+        let id = i64::try_from(id).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {IMAGE_COLUMNS} FROM images
+                     JOIN services ON services.id = images.service WHERE images.id = ?1"
+                ),
+                [id],
+                image_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn latest_delta(
+        &self,
+        src: u64,
+        dest: u64,
+        version: u32,
+        running_since: i64,
+    ) -> Result<Option<DeltaRecord>, ServiceError> {
+        self.call(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {DELTA_COLUMNS} FROM deltas
+                     WHERE originates_from__image = ?1 AND produces__image = ?2 AND version = ?3
+                       AND (status = 'success'
+                            OR (status = 'running' AND update_timestamp > ?4))
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![src, dest, version, running_since],
+                delta_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn newest_delta(
+        &self,
+        src: u64,
+        dest: u64,
+        version: u32,
+    ) -> Result<Option<DeltaRecord>, ServiceError> {
+        self.call(move |c| newest_with_status(c, src, dest, version, None))
+            .await
+    }
+
+    async fn claim_delta(
+        &self,
+        src: u64,
+        dest: u64,
+        version: u32,
+        owner: &str,
+        policy: &ClaimPolicy,
+    ) -> Result<Claim, ServiceError> {
+        let owner = owner.to_string();
+        let policy = *policy;
+        self.try_call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for id in [src, dest] {
+                let known: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM images WHERE id = ?1)",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                if !known {
+                    return Err(Failure::Service(ServiceError::UnknownImage { id }));
+                }
+            }
+            if let Some(row) =
+                newest_with_status(&tx, src, dest, version, Some(DeltaStatus::Success))?
+            {
+                return Ok(Claim::Ready(row));
+            }
+            if let Some(row) =
+                newest_with_status(&tx, src, dest, version, Some(DeltaStatus::Running))?
+            {
+                if row.update_timestamp > now.saturating_sub(ms(policy.stale_after)) {
+                    return Ok(Claim::Running(row));
+                }
+                tracing::warn!(
+                    delta = row.id,
+                    previous_owner = %row.owner,
+                    "taking over a stale running delta build"
+                );
+                tx.execute(
+                    "UPDATE deltas SET owner = ?1, update_timestamp = ?2
+                     WHERE id = ?3 AND status = 'running'",
+                    params![owner, now, row.id],
+                )?;
+                let row = delta_by_id(&tx, row.id)?;
+                tx.commit()?;
+                return Ok(Claim::Claimed {
+                    row,
+                    took_over: true,
+                });
+            }
+            if let Some(row) =
+                newest_with_status(&tx, src, dest, version, Some(DeltaStatus::Failed))?
+            {
+                let ended = row.end_timestamp.unwrap_or(row.update_timestamp);
+                if ended > now.saturating_sub(ms(policy.retry_failed_after)) {
+                    return Ok(Claim::Failed(row));
+                }
+            }
+            tx.execute(
+                "INSERT INTO deltas (originates_from__image, produces__image, version, status,
+                                     owner, created_at, update_timestamp)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)",
+                params![src, dest, version, owner, now],
+            )?;
+            let row = delta_by_id(&tx, tx.last_insert_rowid() as u64)?;
+            tx.commit()?;
+            Ok(Claim::Claimed {
+                row,
+                took_over: false,
+            })
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, id: u64, owner: &str) -> Result<bool, ServiceError> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE deltas SET update_timestamp = ?1
+                 WHERE id = ?2 AND owner = ?3 AND status = 'running'",
+                params![now_ms(), id, owner],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn finish_delta(
+        &self,
+        id: u64,
+        owner: &str,
+        outcome: Outcome,
+    ) -> Result<DeltaRecord, ServiceError> {
+        let owner = owner.to_string();
+        self.try_call(move |c| {
+            let now = now_ms();
+            let (status, location, size, error) = match outcome {
+                Outcome::Success { location, size } => {
+                    (DeltaStatus::Success, Some(location), Some(size), None)
+                }
+                Outcome::Failed { error } => (DeltaStatus::Failed, None, None, Some(error)),
+            };
+            let n = c.execute(
+                "UPDATE deltas SET status = ?1, is_stored_at__location = ?2, size = ?3,
+                        error_message = ?4, update_timestamp = ?5, end_timestamp = ?5
+                 WHERE id = ?6 AND owner = ?7 AND status = 'running'",
+                params![status.as_str(), location, size, error, now, id, owner],
+            )?;
+            if n != 1 {
+                return Err(Failure::Service(ServiceError::LostClaim { id }));
+            }
+            Ok(delta_by_id(c, id)?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(service: &str, n: u8) -> NewImage {
+        NewImage {
+            service_name: service.into(),
+            location: format!("127.0.0.1:5000/{service}:{n}"),
+            content_hash: format!("sha256:{}", hex::encode([n; 32])),
+            image_size: 1000 + u64::from(n),
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path().join("state/store.sqlite"))
+            .await
+            .unwrap();
+        (tmp, store)
+    }
+
+    /// Two releases of one fleet; returns (source image, target image) of service `web`.
+    async fn pair(store: &SqliteStore) -> (u64, u64) {
+        let a = store
+            .add_release("f", "aaa111", vec![image("web", 1)])
+            .await
+            .unwrap();
+        let b = store
+            .add_release("f", "bbb222", vec![image("web", 2)])
+            .await
+            .unwrap();
+        (a.images[0].id, b.images[0].id)
+    }
+
+    #[tokio::test]
+    async fn schema_is_versioned_and_newer_schemas_are_refused() {
+        let (tmp, store) = store().await;
+        let path = store.path().to_path_buf();
+        let version: i64 = store
+            .call(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = store
+            .call(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(store);
+        // Reopening does not migrate again.
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .call(|c| c.pragma_update(None, "user_version", 99))
+            .await
+            .unwrap();
+        drop(store);
+        match SqliteStore::open(&path).await {
+            Err(ServiceError::SchemaTooNew { found: 99, .. }) => {}
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+        drop(tmp);
+    }
+
+    #[tokio::test]
+    async fn releases_round_trip_with_their_images() {
+        let (_tmp, store) = store().await;
+        let r1 = store
+            .add_release("demo", "84d3d8f4", vec![image("web", 1), image("api", 1)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r1.id, r1.fleet.as_str(), r1.status.as_str()),
+            (1, "demo", "success")
+        );
+        let names: Vec<_> = r1.images.iter().map(|i| i.service_name.as_str()).collect();
+        assert_eq!(names, ["api", "web"]);
+        assert_eq!(r1.images[1].image_size, 1001);
+        let r2 = store
+            .add_release("demo", "84d3aaaa", vec![image("web", 2)])
+            .await
+            .unwrap();
+        let other = store
+            .add_release("other", "84d3d8f4", vec![image("web", 3)])
+            .await
+            .unwrap();
+        assert_ne!(other.fleet_id, r1.fleet_id);
+
+        assert_eq!(store.release(2).await.unwrap(), Some(r2.clone()));
+        assert_eq!(store.release(99).await.unwrap(), None);
+        assert_eq!(store.releases_by_commit("84d3").await.unwrap().len(), 3);
+        assert_eq!(
+            store.releases_by_commit("84d3a").await.unwrap(),
+            vec![r2.clone()]
+        );
+        // Case-sensitive, and LIKE wildcards are plain characters.
+        assert!(store.releases_by_commit("84D3").await.unwrap().is_empty());
+        assert!(store.releases_by_commit("84%").await.unwrap().is_empty());
+        assert_eq!(
+            store.list_releases(Some("demo")).await.unwrap(),
+            vec![r1.clone(), r2]
+        );
+        assert_eq!(store.list_releases(None).await.unwrap().len(), 3);
+        assert_eq!(
+            store.image(r1.images[0].id).await.unwrap(),
+            Some(r1.images[0].clone())
+        );
+
+        match store
+            .add_release("demo", "84d3d8f4", vec![image("web", 9)])
+            .await
+        {
+            Err(ServiceError::ReleaseExists { fleet, commit }) => {
+                assert_eq!((fleet.as_str(), commit.as_str()), ("demo", "84d3d8f4"));
+            }
+            other => panic!("expected ReleaseExists, got {other:?}"),
+        }
+        assert_eq!(store.list_releases(None).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn one_running_then_one_success_row_per_pair() {
+        let (_tmp, store) = store().await;
+        let (src, dest) = pair(&store).await;
+        let policy = ClaimPolicy::default();
+        let row = match store.claim_delta(src, dest, 3, "a", &policy).await.unwrap() {
+            Claim::Claimed {
+                row,
+                took_over: false,
+            } => row,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (row.status, row.owner.as_str()),
+            (DeltaStatus::Running, "a")
+        );
+        assert!(matches!(
+            store.claim_delta(src, dest, 3, "b", &policy).await.unwrap(),
+            Claim::Running(r) if r.id == row.id
+        ));
+        // Another version is another delta.
+        assert!(matches!(
+            store.claim_delta(src, dest, 2, "b", &policy).await.unwrap(),
+            Claim::Claimed { .. }
+        ));
+        // The database itself refuses a second running row.
+        let dup = store
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO deltas (originates_from__image, produces__image, version, status,
+                                         owner, created_at, update_timestamp)
+                     VALUES (?1, ?2, 3, 'running', 'x', 0, 0)",
+                    params![src, dest],
+                )
+            })
+            .await;
+        assert!(matches!(dup, Err(ServiceError::Database { .. })), "{dup:?}");
+
+        assert!(store.heartbeat(row.id, "a").await.unwrap());
+        assert!(!store.heartbeat(row.id, "b").await.unwrap());
+        let since = row.update_timestamp - 1;
+        assert_eq!(
+            store
+                .latest_delta(src, dest, 3, since)
+                .await
+                .unwrap()
+                .map(|d| d.id),
+            Some(row.id)
+        );
+        // A running row with an old heartbeat is invisible to readers.
+        assert_eq!(
+            store.latest_delta(src, dest, 3, i64::MAX).await.unwrap(),
+            None
+        );
+
+        let done = store
+            .finish_delta(
+                row.id,
+                "a",
+                Outcome::Success {
+                    location: "127.0.0.1:5000/web:delta-0123456789abcdef".into(),
+                    size: 42,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((done.status, done.size), (DeltaStatus::Success, Some(42)));
+        assert!(done.end_timestamp.is_some());
+        assert!(matches!(
+            store.claim_delta(src, dest, 3, "b", &policy).await.unwrap(),
+            Claim::Ready(r) if r == done
+        ));
+        assert_eq!(
+            store.latest_delta(src, dest, 3, i64::MAX).await.unwrap(),
+            Some(done)
+        );
+        // Finishing twice is refused.
+        assert!(matches!(
+            store
+                .finish_delta(row.id, "a", Outcome::Failed { error: "x".into() })
+                .await,
+            Err(ServiceError::LostClaim { .. })
+        ));
+        assert!(matches!(
+            store.claim_delta(src, 999, 3, "a", &policy).await,
+            Err(ServiceError::UnknownImage { id: 999 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn stale_rows_are_taken_over_and_failures_wait_for_the_cool_down() {
+        let (_tmp, store) = store().await;
+        let (src, dest) = pair(&store).await;
+        let eager = ClaimPolicy {
+            stale_after: Duration::ZERO,
+            retry_failed_after: Duration::ZERO,
+        };
+        let Claim::Claimed { row, .. } = store
+            .claim_delta(src, dest, 3, "dead", &ClaimPolicy::default())
+            .await
+            .unwrap()
+        else {
+            panic!("not claimed")
+        };
+        let taken = match store
+            .claim_delta(src, dest, 3, "alive", &eager)
+            .await
+            .unwrap()
+        {
+            Claim::Claimed {
+                row,
+                took_over: true,
+            } => row,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((taken.id, taken.owner.as_str()), (row.id, "alive"));
+        assert!(!store.heartbeat(row.id, "dead").await.unwrap());
+        let failed = store
+            .finish_delta(
+                row.id,
+                "alive",
+                Outcome::Failed {
+                    error: "boom".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(failed.error_message.as_deref(), Some("boom"));
+        assert_eq!(store.latest_delta(src, dest, 3, 0).await.unwrap(), None);
+
+        assert!(matches!(
+            store.claim_delta(src, dest, 3, "b", &ClaimPolicy::default()).await.unwrap(),
+            Claim::Failed(r) if r == failed
+        ));
+        let retry = match store.claim_delta(src, dest, 3, "b", &eager).await.unwrap() {
+            Claim::Claimed {
+                row,
+                took_over: false,
+            } => row,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(retry.id, failed.id);
+        assert_eq!(store.newest_delta(src, dest, 3).await.unwrap(), Some(retry));
+    }
+}

@@ -1,0 +1,51 @@
+//! Small images and an embedded backend over a temporary store.
+
+#![allow(dead_code)] // each test binary uses a part
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bru_oci::{tar_of, ImageSpec, OciDir};
+use bru_service::{BuilderConfig, ClaimPolicy, DeltaBuilder, Embedded, SqliteStore};
+use sha2::{Digest as _, Sha256};
+
+/// `len` incompressible bytes derived from `seed`.
+pub fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(&Sha256::digest(format!("{seed}/{i}").as_bytes()));
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a two-image layout (tags `v1`, `v2`: a shared base layer, an app layer that
+/// changes a little) and returns the two references.
+pub fn two_images(dir: &Path) -> (String, String) {
+    let layout = OciDir::create(dir).unwrap();
+    let base = tar_of(&[("lib/base", &noise("base", 20_000))]);
+    let app1 = noise("app", 30_000);
+    let mut app2 = app1.clone();
+    app2[1000..1010].copy_from_slice(b"0123456789");
+    for (tag, app) in [("v1", app1), ("v2", app2)] {
+        let spec = ImageSpec::new(vec![base.clone(), tar_of(&[("app/bin", &app)])]);
+        layout.write_image(tag, &spec).unwrap();
+    }
+    (
+        format!("oci:{}:v1", dir.display()),
+        format!("oci:{}:v2", dir.display()),
+    )
+}
+
+/// A backend over the database `db` with deltas under `deltas`.
+pub async fn backend(db: &Path, deltas: &Path, owner: &str, policy: ClaimPolicy) -> Embedded {
+    let store = SqliteStore::open(db).await.unwrap();
+    Embedded::new(
+        Arc::new(store),
+        DeltaBuilder::new(BuilderConfig::new(deltas)),
+        owner,
+        policy,
+    )
+}
