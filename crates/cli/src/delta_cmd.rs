@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use bru_delta::{ApplyOptions, CreateOptions, Event, Format, Progress, Step};
-use bru_oci::{Credentials, ImageReference, Platform, RegistryOptions};
+use bru_oci::{Credentials, ImageReference, ImageSink, ImageSource, Platform, RegistryOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -145,6 +145,31 @@ fn format_for(output: &ImageReference, flavour: Option<ManifestFlavour>) -> Form
     }
 }
 
+/// Opens two images to read and one to write, naming the failing reference.
+async fn open_three(
+    opts: &RegistryOptions,
+    first: &ImageReference,
+    second: &ImageReference,
+    output: &ImageReference,
+) -> anyhow::Result<(
+    Box<dyn ImageSource>,
+    Box<dyn ImageSource>,
+    Box<dyn ImageSink>,
+)> {
+    let open = |r: &ImageReference| {
+        let r = r.clone();
+        async move {
+            bru_oci::open_source(&r, opts)
+                .await
+                .with_context(|| format!("open {r}"))
+        }
+    };
+    let sink = bru_oci::open_sink(output, opts)
+        .await
+        .with_context(|| format!("open {output}"))?;
+    Ok((open(first).await?, open(second).await?, sink))
+}
+
 /// Runs a `delta` subcommand; prints its JSON result on stdout.
 pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
     let json = match cmd {
@@ -155,15 +180,7 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             common,
         } => {
             let opts = common.registry.options()?;
-            let src = bru_oci::open_source(&source, &opts)
-                .await
-                .with_context(|| format!("open {source}"))?;
-            let dst = bru_oci::open_source(&target, &opts)
-                .await
-                .with_context(|| format!("open {target}"))?;
-            let sink = bru_oci::open_sink(&output, &opts)
-                .await
-                .with_context(|| format!("open {output}"))?;
+            let (src, dst, sink) = open_three(&opts, &source, &target, &output).await?;
             let create = CreateOptions {
                 workdir: common.workdir,
                 format: format_for(&output, common.format),
@@ -183,15 +200,7 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             common,
         } => {
             let opts = common.registry.options()?;
-            let src = bru_oci::open_source(&source, &opts)
-                .await
-                .with_context(|| format!("open {source}"))?;
-            let d = bru_oci::open_source(&delta, &opts)
-                .await
-                .with_context(|| format!("open {delta}"))?;
-            let sink = bru_oci::open_sink(&output, &opts)
-                .await
-                .with_context(|| format!("open {output}"))?;
+            let (src, d, sink) = open_three(&opts, &source, &delta, &output).await?;
             let apply = ApplyOptions {
                 workdir: common.workdir,
                 format: format_for(&output, common.format),

@@ -14,7 +14,7 @@ use crate::chain::common_prefix;
 use crate::config::delta_labels;
 use crate::create::write_layer;
 use crate::error::{blocking, DeltaError, Role};
-use crate::fetch::{fetch_blob, fetch_layer, stream_error};
+use crate::fetch::{fetch_blob, fetch_layer, stream_error, two_images};
 use crate::layer::with_first_entry;
 use crate::manifest::{manifest_bytes, Format};
 use crate::progress::{Event, Progress, Step};
@@ -80,20 +80,7 @@ pub async fn apply(
     opts: &ApplyOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<ApplyInfo, DeltaError> {
-    let (src, d) = tokio::try_join!(
-        async {
-            source.image().await.map_err(|source| DeltaError::Image {
-                role: Role::Source,
-                source,
-            })
-        },
-        async {
-            delta.image().await.map_err(|source| DeltaError::Image {
-                role: Role::Delta,
-                source,
-            })
-        },
-    )?;
+    let (src, d) = two_images((source, Role::Source), (delta, Role::Delta)).await?;
     let labels = delta_labels(&d.config.labels)?;
     if labels.base != src.config_digest.to_string() {
         return Err(DeltaError::BaseMismatch {
@@ -112,18 +99,7 @@ pub async fn apply(
             diff_ids: target.diff_ids.len(),
         });
     }
-    let k = common_prefix(
-        &src.config
-            .diff_ids
-            .iter()
-            .map(Digest::to_string)
-            .collect::<Vec<_>>(),
-        &target
-            .diff_ids
-            .iter()
-            .map(Digest::to_string)
-            .collect::<Vec<_>>(),
-    );
+    let k = common_prefix(&src.config.diff_ids, &target.diff_ids);
     let work = workdir(opts.workdir.as_deref())?;
     let mut files: Vec<(PathBuf, Descriptor)> = Vec::new();
     let mut layers = Vec::new();

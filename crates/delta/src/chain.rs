@@ -9,16 +9,16 @@ use sha2::{Digest as _, Sha256};
 
 /// ChainIDs of a stack of layers, bottom first: `ChainID(L0) = DiffID(L0)` and
 /// `ChainID(L0..Ln) = "sha256:" + hex(sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln)))`.
-pub fn chain_ids<S: AsRef<str>>(diff_ids: &[S]) -> Vec<String> {
+pub fn chain_ids<S: std::fmt::Display>(diff_ids: &[S]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {
         let next = match out.last() {
-            None => diff_id.as_ref().to_owned(),
+            None => diff_id.to_string(),
             Some(parent) => {
                 let mut h = Sha256::new();
                 h.update(parent.as_bytes());
                 h.update(b" ");
-                h.update(diff_id.as_ref().as_bytes());
+                h.update(diff_id.to_string().as_bytes());
                 format!("sha256:{}", hex::encode(h.finalize()))
             }
         };
@@ -28,7 +28,10 @@ pub fn chain_ids<S: AsRef<str>>(diff_ids: &[S]) -> Vec<String> {
 }
 
 /// Number of leading target layers whose ChainID equals the source's at the same depth.
-pub fn common_prefix<S: AsRef<str>, T: AsRef<str>>(source: &[S], target: &[T]) -> usize {
+pub fn common_prefix<S: std::fmt::Display, T: std::fmt::Display>(
+    source: &[S],
+    target: &[T],
+) -> usize {
     chain_ids(source)
         .iter()
         .zip(chain_ids(target).iter())

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::chain::common_prefix;
 use crate::config::delta_config;
 use crate::error::{blocking, DeltaError, Role};
-use crate::fetch::fetch_layer;
+use crate::fetch::{fetch_layer, two_images};
 use crate::hashio::HashWriter;
 use crate::layer::{write_delta_tar, EMPTY_TAR, EMPTY_TAR_DIFF_ID};
 use crate::manifest::{manifest_bytes, Format};
@@ -148,32 +148,8 @@ pub async fn create(
     opts: &CreateOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<DeltaInfo, DeltaError> {
-    let (src, dst) = tokio::try_join!(
-        async {
-            source.image().await.map_err(|source| DeltaError::Image {
-                role: Role::Source,
-                source,
-            })
-        },
-        async {
-            target.image().await.map_err(|source| DeltaError::Image {
-                role: Role::Target,
-                source,
-            })
-        },
-    )?;
-    let k = common_prefix(
-        &src.config
-            .diff_ids
-            .iter()
-            .map(Digest::to_string)
-            .collect::<Vec<_>>(),
-        &dst.config
-            .diff_ids
-            .iter()
-            .map(Digest::to_string)
-            .collect::<Vec<_>>(),
-    );
+    let (src, dst) = two_images((source, Role::Source), (target, Role::Target)).await?;
+    let k = common_prefix(&src.config.diff_ids, &dst.config.diff_ids);
     tracing::info!(
         source_layers = src.manifest.layers.len(),
         target_layers = dst.manifest.layers.len(),

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use bru_oci::{decompress_read, Descriptor, Digest, ImageSource, OciError};
+use bru_oci::{decompress_read, Descriptor, Digest, ImageSource, OciError, PulledImage};
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
@@ -135,4 +135,19 @@ pub(crate) async fn fetch_blob(
         Ok(())
     })
     .await
+}
+
+/// Reads an image's manifest and config, naming its role on failure.
+async fn read_image(src: &dyn ImageSource, role: Role) -> Result<PulledImage, DeltaError> {
+    src.image()
+        .await
+        .map_err(|source| DeltaError::Image { role, source })
+}
+
+/// Reads two images' manifests and configs concurrently.
+pub(crate) async fn two_images(
+    (a, a_role): (&dyn ImageSource, Role),
+    (b, b_role): (&dyn ImageSource, Role),
+) -> Result<(PulledImage, PulledImage), DeltaError> {
+    tokio::try_join!(read_image(a, a_role), read_image(b, b_role))
 }
