@@ -4,6 +4,9 @@
 //! `main` only parses the command line, sets up logging, builds the runtime and hands over
 //! to the module of the chosen command.
 
+// Doc comments on the clap types are `--help` text, not rustdoc: brackets there are literal.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod delta_cmd;
 mod update_cmd;
 
