@@ -8,6 +8,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod delta_cmd;
+mod release_cmd;
 mod update_cmd;
 
 use std::process::ExitCode;
@@ -54,7 +55,10 @@ struct Cli {
 enum Command {
     /// Build, apply and inspect balena v3 delta images (no Docker daemon needed).
     #[command(subcommand)]
-    Delta(delta_cmd::DeltaCommand),
+    Delta(Box<delta_cmd::DeltaCommand>),
+    /// Record and list releases in an embedded store (for --store).
+    #[command(subcommand)]
+    Release(release_cmd::ReleaseCommand),
 }
 
 fn main() -> ExitCode {
@@ -76,7 +80,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => runtime.block_on(update_cmd::run(cli.update)),
         Some(Command::Delta(delta)) => runtime
-            .block_on(delta_cmd::run(delta))
+            .block_on(delta_cmd::run(*delta))
+            .map(|()| ExitCode::SUCCESS),
+        Some(Command::Release(release)) => runtime
+            .block_on(release_cmd::run(release))
             .map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -1,5 +1,6 @@
 //! The main job: describe (and optionally prepare and wait for) an update.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,14 +35,23 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     timeout: Option<String>,
 
-    /// Seconds between two checks while waiting (fractions allowed).
+    /// Seconds between two checks while waiting (fractions allowed) [default: 20; 1 with
+    /// --store].
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    poll_interval: Option<String>,
+
+    /// Work offline on an embedded store directory instead of balenaCloud: releases from
+    /// DIR (see `release add`), deltas built in-process.
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    /// With --store: speak plain HTTP to this registry (HOST:PORT); repeatable.
     #[arg(
-        long,
-        value_name = "SECONDS",
-        default_value = "20",
-        allow_hyphen_values = true
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        requires = "store"
     )]
-    poll_interval: String,
+    insecure: Vec<String>,
 }
 
 /// What the flags ask for, validated.
@@ -67,24 +77,26 @@ impl UpdateArgs {
                     .ok_or_else(|| anyhow::anyhow!("Invalid value for --timeout option: {t}"))
             })
             .transpose()?;
-        let poll_interval = self
-            .poll_interval
+        let default_poll = if self.store.is_some() { "1" } else { "20" };
+        let poll_text = self.poll_interval.as_deref().unwrap_or(default_poll);
+        let poll_interval = poll_text
             .parse::<f64>()
             .ok()
             .filter(|s| s.is_finite() && *s > 0.0)
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "Invalid value for --poll-interval option: {}",
-                    self.poll_interval
-                )
+                anyhow::anyhow!("Invalid value for --poll-interval option: {poll_text}")
             })?;
         let wait = self.wait || timeout.is_some();
         let prepare = (self.prepare || wait).then(|| PrepareOptions {
             wait,
             timeout,
             poll_interval,
-            ..PrepareOptions::default()
+            // In-process builds: a failed or abandoned build shows up at the next poll.
+            retrigger_interval: match self.store {
+                Some(_) => poll_interval,
+                None => PrepareOptions::default().retrigger_interval,
+            },
         });
         Ok(Job { from, to, prepare })
     }
@@ -115,13 +127,34 @@ fn parse_release(value: &str, flag: &str) -> anyhow::Result<ReleaseRef> {
 
 /// Runs the main job and prints the JSON report on stdout.
 pub async fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
+    let (store, insecure) = (args.store.clone(), args.insecure.clone());
     let job = args.job()?;
-    let settings = Settings::from_process_env()?;
-    tracing::debug!(?settings, "settings");
-    let client = BalenaClient::new(&settings)?;
-    let result = match &job.prepare {
-        None => get_update_info(&job.from, &job.to, &client).await,
-        Some(options) => prepare_update(&job.from, &job.to, &client, options).await,
+    let result = match store {
+        Some(dir) => {
+            let backend = crate::release_cmd::open_store(&dir, &insecure).await?;
+            let result = match &job.prepare {
+                None => get_update_info(&job.from, &job.to, &backend).await,
+                Some(options) => prepare_update(&job.from, &job.to, &backend, options).await,
+            };
+            match (&job.prepare, result) {
+                // --prepare without --wait: finish the builds started here, then report.
+                (Some(options), Ok(info)) if !options.wait => {
+                    backend.wait_for_builds().await;
+                    let (from, to) = (info.from_release.id, info.to_release.id);
+                    get_update_info(&ReleaseRef::Id(from), &ReleaseRef::Id(to), &backend).await
+                }
+                (_, result) => result,
+            }
+        }
+        None => {
+            let settings = Settings::from_process_env()?;
+            tracing::debug!(?settings, "settings");
+            let client = BalenaClient::new(&settings)?;
+            match &job.prepare {
+                None => get_update_info(&job.from, &job.to, &client).await,
+                Some(options) => prepare_update(&job.from, &job.to, &client, options).await,
+            }
+        }
     };
     match result {
         Ok(info) => {
@@ -212,6 +245,13 @@ mod tests {
         assert!(options.wait);
         assert_eq!(options.timeout, Some(Duration::ZERO));
         assert_eq!(options.poll_interval, Duration::from_millis(50));
+        // In-process builds are polled every second unless told otherwise.
+        let job = args(&[&base[..], &["--wait", "--store", "dir"]].concat())
+            .job()
+            .unwrap();
+        let options = job.prepare.unwrap();
+        assert_eq!(options.poll_interval, Duration::from_secs(1));
+        assert_eq!(options.retrigger_interval, Duration::from_secs(1));
     }
 
     #[test]

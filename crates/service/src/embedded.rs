@@ -78,6 +78,9 @@ impl Embedded {
         mut config: BuilderConfig,
         policy: ClaimPolicy,
     ) -> Result<Self, ServiceError> {
+        // Image paths from the fleet file and delta locations are recorded absolute, so
+        // they stay valid from any working directory.
+        let dir = &std::path::absolute(dir).map_err(ServiceError::io(dir))?;
         let state = state_dir(dir);
         let store = SqliteStore::open(state.join("store.sqlite")).await?;
         config.delta_dir = state.join("deltas");

@@ -1,0 +1,225 @@
+//! The embedded store through the binary: `release add|list`, and the main job with
+//! `--store` on a copy of the demo fleet (offline: report, then --wait builds the deltas).
+
+use std::path::Path;
+use std::process::Command;
+
+use bru_oci::{tar_of, ImageSpec, OciDir};
+use serde_json::Value;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_balena-release-update"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the binary");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn json(run: &Run) -> Value {
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+fn error(run: &Run) -> String {
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(run.stderr.starts_with("ERROR: "), "{}", run.stderr);
+    run.stderr.clone()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == "state" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["is_produced_by__service_update"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service_name"] == name)
+        .unwrap_or_else(|| panic!("no service {name} in {report}"))
+}
+
+#[test]
+fn the_demo_fleet_runs_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = tmp.path().join("demo");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo"),
+        &demo,
+    );
+    let store = demo.to_str().unwrap();
+    let base = ["--store", store, "--from-release", "1", "--to-release", "2"];
+
+    let report = json(&run(&base));
+    assert_eq!(report["overall_status"], "pending");
+    assert!(report.get("estimated_total_payload_size").is_none());
+    assert_eq!(service(&report, "api")["status"], "pending");
+    assert_eq!(service(&report, "worker")["status"], "ready");
+    assert!(service(&report, "worker")
+        .get("originates_from__image")
+        .is_none());
+    assert_eq!(report["removes__service"][0]["service_name"], "legacy");
+
+    let report = json(&run(&[&base[..], &["--wait", "--timeout", "300"]].concat()));
+    assert_eq!(report["overall_status"], "ready");
+    let mut expected_payload = 0;
+    for name in ["api", "frontend"] {
+        let s = service(&report, name);
+        assert_eq!(s["status"], "ready");
+        let image = &s["produces__image"];
+        let delta = &image["is_produced_by__delta"];
+        assert_eq!(delta["version"], 3);
+        let size = delta["size"].as_u64().unwrap();
+        let full = image["image_size"].as_u64().unwrap();
+        assert!(
+            size > 0 && size < full / 2,
+            "{name}: delta {size} vs full {full}"
+        );
+        let location = delta["is_stored_at__location"].as_str().unwrap();
+        assert!(location.starts_with("oci:"), "{location}");
+        assert!(location.contains("/state/deltas/delta-"), "{location}");
+        expected_payload += size;
+    }
+    expected_payload += service(&report, "worker")["produces__image"]["image_size"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(report["estimated_total_payload_size"], expected_payload);
+
+    // The deltas persist: a plain report is ready at once.
+    let again = json(&run(&base));
+    assert_eq!(again["overall_status"], "ready");
+    assert_eq!(again["estimated_total_payload_size"], expected_payload);
+
+    // --prepare alone builds the deltas before it exits.
+    let next = [
+        "--store",
+        store,
+        "--from-release",
+        "2",
+        "--to-release",
+        "3",
+        "--prepare",
+    ];
+    let report = json(&run(&next));
+    assert_eq!(report["overall_status"], "ready");
+    assert!(service(&report, "worker")["produces__image"]["is_produced_by__delta"].is_object());
+}
+
+#[test]
+fn releases_are_added_and_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("images");
+    let oci = OciDir::create(&layout).unwrap();
+    let spec = ImageSpec::new(vec![tar_of(&[("app/run", b"#!/bin/sh\necho hi\n")])]);
+    let written = oci.write_image("v1", &spec).unwrap();
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let image = format!("oci:{}:v1", layout.display());
+
+    let added = json(&run(&[
+        "release",
+        "add",
+        "--store",
+        store,
+        "--fleet",
+        "f",
+        "--commit",
+        "ABC123",
+        "--service",
+        &format!("main={image}"),
+    ]));
+    assert_eq!(added["id"], 1);
+    assert_eq!(added["commit"], "abc123");
+    assert_eq!(added["status"], "success");
+    let img = &added["images"][0];
+    assert_eq!(img["service_name"], "main");
+    assert_eq!(img["is_stored_at__image_location"], image);
+    assert_eq!(img["content_hash"], written.manifest.digest.to_string());
+    let full = written.config.size + written.layers.iter().map(|l| l.size).sum::<u64>();
+    assert_eq!(img["image_size"], full);
+
+    let listed = json(&run(&["release", "list", "--store", store]));
+    assert_eq!(listed, Value::Array(vec![added.clone()]));
+
+    // Bad inputs: a clear error, exit 1, nothing recorded.
+    let add = |service: &str| {
+        run(&[
+            "release",
+            "add",
+            "--store",
+            store,
+            "--fleet",
+            "f",
+            "--commit",
+            "def456",
+            "--service",
+            service,
+        ])
+    };
+    let e = error(&add("main=not-a-reference"));
+    assert!(e.contains("invalid image reference"), "{e}");
+    let e = error(&add("main"));
+    assert!(e.contains("NAME=IMAGE"), "{e}");
+    let e = error(&add("main=127.0.0.1:9/none/here:v1"));
+    assert!(
+        e.contains("cannot read image 127.0.0.1:9/none/here:v1"),
+        "{e}"
+    );
+    let e = error(&add(&format!(
+        "main=oci:{}:v1",
+        tmp.path().join("missing").display()
+    )));
+    assert!(e.contains("cannot read image"), "{e}");
+    let e = error(&run(&[
+        "release",
+        "add",
+        "--store",
+        store,
+        "--fleet",
+        "f",
+        "--commit",
+        "abc123",
+        "--service",
+        &format!("main={image}"),
+    ]));
+    assert!(
+        e.contains("already has a release with commit abc123"),
+        "{e}"
+    );
+    let listed = json(&run(&["release", "list", "--store", store]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    let e = error(&run(&[
+        "--store",
+        store,
+        "--from-release",
+        "1",
+        "--to-release",
+        "7",
+    ]));
+    assert_eq!(e, "ERROR: Release not found: 7\n");
+}
