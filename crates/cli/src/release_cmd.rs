@@ -1,6 +1,7 @@
 //! `release add` / `release list`: releases in an embedded store (`--store DIR`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bru_oci::RegistryOptions;
@@ -63,7 +64,14 @@ pub async fn open_store(dir: &Path, insecure: &[String]) -> anyhow::Result<Embed
     registry.insecure = insecure.to_vec();
     let mut config = BuilderConfig::new(dir);
     config.registry = registry;
-    Embedded::open(dir, config, ClaimPolicy::default())
+    // One machine, short-lived processes: a build left behind by an interrupted run is
+    // taken over after 30 s instead of the server's 5 min.
+    config.heartbeat_interval = Duration::from_secs(5);
+    let policy = ClaimPolicy {
+        stale_after: Duration::from_secs(30),
+        ..ClaimPolicy::default()
+    };
+    Embedded::open(dir, config, policy)
         .await
         .with_context(|| format!("open the store {}", dir.display()))
 }

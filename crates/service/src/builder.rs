@@ -160,6 +160,9 @@ impl DeltaBuilder {
         row: &DeltaRecord,
         owner: &str,
     ) -> Result<DeltaRecord, ServiceError> {
+        if !store.heartbeat(row.id, owner).await? {
+            return Err(ServiceError::LostClaim { id: row.id });
+        }
         let work = async {
             let src = image(store, row.source_image).await?;
             let dest = image(store, row.target_image).await?;

@@ -18,8 +18,9 @@ use crate::store::{
 };
 use crate::ServiceError;
 
-/// Readers count a `running` row as live when its heartbeat is newer than this (balena's
-/// readers use 3 minutes against a 5 minute staleness limit, leaving room for clock skew).
+/// Readers count a `running` row as live when its heartbeat is newer than this, or than
+/// [`ClaimPolicy::stale_after`] if shorter (balena's readers use 3 minutes against a
+/// 5 minute staleness limit, leaving room for clock skew).
 const RUNNING_FRESH: Duration = Duration::from_secs(3 * 60);
 
 /// The answer to a delta request.
@@ -297,7 +298,8 @@ impl ReleaseSource for Embedded {
     }
 
     async fn latest_delta(&self, src: u64, dest: u64) -> Result<Option<Delta>, bru_core::Error> {
-        let since = now_ms().saturating_sub(RUNNING_FRESH.as_millis() as i64);
+        let fresh = RUNNING_FRESH.min(self.policy.stale_after);
+        let since = now_ms().saturating_sub(fresh.as_millis() as i64);
         let found = self
             .store
             .latest_delta(src, dest, DELTA_VERSION, since)

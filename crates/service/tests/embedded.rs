@@ -262,3 +262,45 @@ async fn prepare_and_wait_in_process_reports_the_delta_size() {
     assert_eq!(delta.size, row.size.unwrap());
     assert_eq!(info.estimated_total_payload_size, Some(delta.size));
 }
+
+#[tokio::test]
+async fn a_builder_that_does_not_own_the_row_records_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1, v2) = two_images(&tmp.path().join("images"));
+    let backend = backend(
+        &tmp.path().join("store.sqlite"),
+        &tmp.path().join("deltas"),
+        "me",
+        ClaimPolicy::default(),
+    )
+    .await;
+    let (src, dest) = import(&backend, &v1, &v2).await;
+    let bru_service::Claim::Claimed { row, .. } = backend
+        .store()
+        .claim_delta(src, dest, DELTA_VERSION, "other", &ClaimPolicy::default())
+        .await
+        .unwrap()
+    else {
+        panic!("not claimed")
+    };
+    let err = backend
+        .builder()
+        .run(&**backend.store(), &row, "me")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, bru_service::ServiceError::LostClaim { id } if id == row.id),
+        "{err:?}"
+    );
+    let now = backend
+        .store()
+        .newest_delta(src, dest, DELTA_VERSION)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (now.status, now.owner.as_str()),
+        (DeltaStatus::Running, "other")
+    );
+    assert_eq!(now.location, None);
+}
