@@ -1,11 +1,24 @@
 //! The adapter between image-level work and the byte-level matcher of
 //! [`bru_rsync`]: memory-mapped work files, the basis index, tar hints.
+//!
+//! Memory: the basis and target are memory-mapped, and pages of a mapping
+//! count in the process's resident set once touched. To keep the peak low
+//! the engine releases pages it is done with (`MADV_DONTNEED`; the data stays
+//! in the page cache and faults back in when needed): basis ranges as soon
+//! as the indexer has read them, and the target in windows of
+//! [`WINDOW`] bytes, each encoded separately. Window deltas are concatenated
+//! into one stream: COPY offsets are absolute in the basis, so a librsync
+//! stream is the concatenation of its commands.
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::ops::Range;
 
-use bru_rsync::{BasisIndex, DeltaStats, MatchOptions};
-use memmap2::Mmap;
+use bru_rsync::{BasisIndex, DeltaStats, Hint, MatchOptions, DELTA_MAGIC};
+use memmap2::{Mmap, UncheckedAdvice};
+
+/// Target bytes encoded per window.
+const WINDOW: usize = 32 << 20;
 
 /// Maps a work file read-only.
 #[allow(unsafe_code)]
@@ -15,22 +28,191 @@ pub(crate) fn map(file: &File) -> io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
+/// Drops `range` of a read-only file mapping from the resident set.
+#[allow(unsafe_code)]
+fn release(map: &Mmap, range: Range<usize>) {
+    let end = range.end.min(map.len());
+    if range.start >= end {
+        return;
+    }
+    // SAFETY: the mapping is read-only and file-backed: dropped pages are read
+    // again from the file on the next access, so no data can be lost. Failure
+    // only means the pages stay resident.
+    let _ = unsafe {
+        map.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, end - range.start)
+    };
+}
+
 /// Indexes the basis (all source layer tars, concatenated) for matching.
-pub(crate) fn index(basis: &[u8]) -> BasisIndex<'_> {
-    BasisIndex::new(basis, MatchOptions::default())
+pub(crate) fn index(basis: &Mmap) -> BasisIndex<'_> {
+    BasisIndex::new_with_release(basis, MatchOptions::default(), &|r| release(basis, r))
 }
 
 /// Encodes `target` (one uncompressed layer tar) against the basis, guided
 /// by the tar structure of both (a file's old version at the same path).
 pub(crate) fn encode(
     index: &BasisIndex<'_>,
-    basis: &[u8],
-    target: &[u8],
+    basis: &Mmap,
+    target: &Mmap,
     out: impl Write,
 ) -> io::Result<DeltaStats> {
     let hints = bru_rsync::tar::hints(basis, target);
+    release(basis, 0..basis.len());
     let mut out = out;
-    let stats = bru_rsync::diff(index, target, &hints, &mut out)?;
+    out.write_all(&DELTA_MAGIC)?;
+    let mut total = DeltaStats {
+        delta_bytes: FRAMING,
+        ..DeltaStats::default()
+    };
+    let mut start = 0;
+    while start < target.len() {
+        let end = (start + WINDOW).min(target.len());
+        let window_hints = rebase(&hints, start as u64..end as u64);
+        let mut body = Unframe::new(&mut out);
+        let stats = bru_rsync::diff(index, &target[start..end], &window_hints, &mut body)?;
+        body.finish()?;
+        total.copy_ops += stats.copy_ops;
+        total.copy_bytes += stats.copy_bytes;
+        total.literal_ops += stats.literal_ops;
+        total.literal_bytes += stats.literal_bytes;
+        total.delta_bytes += stats.delta_bytes - FRAMING;
+        release(target, start..end);
+        release(basis, 0..basis.len());
+        start = end;
+    }
+    out.write_all(&[0])?;
     out.flush()?;
-    Ok(stats)
+    Ok(total)
+}
+
+/// Magic plus END: what every stream has besides its commands.
+const FRAMING: u64 = 5;
+
+/// The hints overlapping `window`, clipped to it and in window coordinates.
+/// A clipped hint keeps its diagonal (old file at the same relative offset).
+fn rebase(hints: &[Hint], window: Range<u64>) -> Vec<Hint> {
+    hints
+        .iter()
+        .filter(|h| h.target.start < window.end && h.target.end > window.start)
+        .map(|h| {
+            let start = h.target.start.max(window.start);
+            let end = h.target.end.min(window.end);
+            let shift = start - h.target.start;
+            Hint {
+                target: start - window.start..end - window.start,
+                basis: (h.basis.start + shift).min(h.basis.end)..h.basis.end,
+            }
+        })
+        .collect()
+}
+
+/// Passes a complete delta stream's commands through: drops the magic and
+/// holds back the final END byte (checked by [`Unframe::finish`]).
+struct Unframe<W> {
+    inner: W,
+    magic_left: usize,
+    held: Option<u8>,
+}
+
+impl<W: Write> Unframe<W> {
+    fn new(inner: W) -> Self {
+        Unframe {
+            inner,
+            magic_left: DELTA_MAGIC.len(),
+            held: None,
+        }
+    }
+
+    fn finish(self) -> io::Result<()> {
+        if self.magic_left == 0 && self.held == Some(0) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "matcher output is not a framed delta stream",
+            ))
+        }
+    }
+}
+
+impl<W: Write> Write for Unframe<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let skip = self.magic_left.min(buf.len());
+        self.magic_left -= skip;
+        let rest = &buf[skip..];
+        if let Some((&last, body)) = rest.split_last() {
+            if let Some(held) = self.held.take() {
+                self.inner.write_all(&[held])?;
+            }
+            self.inner.write_all(body)?;
+            self.held = Some(last);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unframe_strips_magic_and_end_across_split_writes() {
+        let mut out = Vec::new();
+        let mut u = Unframe::new(&mut out);
+        for piece in [
+            &[0x72u8, 0x73][..],
+            &[0x02, 0x36, 0x41],
+            &[3, b'a', b'b'],
+            &[b'c', 0],
+        ] {
+            u.write_all(piece).unwrap();
+        }
+        u.finish().unwrap();
+        assert_eq!(out, [0x41, 3, b'a', b'b', b'c']);
+    }
+
+    #[test]
+    fn unframe_rejects_a_stream_without_end() {
+        let mut out = Vec::new();
+        let mut u = Unframe::new(&mut out);
+        u.write_all(&[0x72, 0x73, 0x02, 0x36, 0x41, 1, b'x'])
+            .unwrap();
+        assert!(u.finish().is_err());
+    }
+
+    #[test]
+    fn hints_are_clipped_to_the_window_and_keep_their_diagonal() {
+        let hints = [
+            Hint {
+                target: 10..50,
+                basis: 1000..1040,
+            },
+            Hint {
+                target: 60..70,
+                basis: 5..15,
+            },
+            Hint {
+                target: 200..300,
+                basis: 0..100,
+            },
+        ];
+        let got = rebase(&hints, 30..100);
+        assert_eq!(
+            got,
+            [
+                Hint {
+                    target: 0..20,
+                    basis: 1020..1040
+                },
+                Hint {
+                    target: 30..40,
+                    basis: 5..15
+                },
+            ]
+        );
+    }
 }

@@ -146,6 +146,17 @@ impl<'a> BasisIndex<'a> {
     /// Indexes `basis` (in production a memory map of all source layer tars). Positions beyond
     /// 4 GiB are not indexed globally (hints still reach them).
     pub fn new(basis: &'a [u8], opts: MatchOptions) -> Self {
+        Self::new_with_release(basis, opts, &|_| {})
+    }
+
+    /// Like [`BasisIndex::new`], and calls `release` with each basis range (about 8 MiB) the
+    /// indexer has finished reading, so that a caller holding the basis in a memory map can drop
+    /// those pages from its resident set while indexing goes on. Called from indexing threads.
+    pub fn new_with_release(
+        basis: &'a [u8],
+        opts: MatchOptions,
+        release: &(dyn Fn(Range<usize>) + Sync),
+    ) -> Self {
         let anchor_bits = opts
             .anchor_spacing
             .max(1)
@@ -166,7 +177,7 @@ impl<'a> BasisIndex<'a> {
             anchor_bits,
         };
         let started = std::time::Instant::now();
-        index.build();
+        index.build(release);
         tracing::debug!(
             basis_bytes = basis.len(),
             index_bytes = index.index_bytes(),
@@ -191,7 +202,7 @@ impl<'a> BasisIndex<'a> {
         self.table.len() * 4
     }
 
-    fn build(&self) {
+    fn build(&self, release: &(dyn Fn(Range<usize>) + Sync)) {
         let w = self.opts.window;
         let limit = self.basis.len().min(u32::MAX as usize - 1);
         if limit < w || w == 0 {
@@ -205,20 +216,26 @@ impl<'a> BasisIndex<'a> {
                 let start = t * part;
                 let end = ((t + 1) * part).min(windows);
                 if start < end {
-                    s.spawn(move || self.build_range(start, end));
+                    s.spawn(move || self.build_range(start, end, release));
                 }
             }
         });
     }
 
-    /// Inserts the anchors among window starts `start..end`.
-    fn build_range(&self, start: usize, end: usize) {
+    /// Inserts the anchors among window starts `start..end`, releasing finished ranges.
+    fn build_range(&self, start: usize, end: usize, release: &(dyn Fn(Range<usize>) + Sync)) {
+        const RELEASE_EVERY: usize = 8 << 20;
         let w = self.opts.window;
         let b = self.basis;
         let mut roll = Roll::new(w);
         roll.reset(&b[start..start + w]);
         let mut i = start;
+        let mut released = start;
         loop {
+            if i - released >= RELEASE_EVERY {
+                release(released..i);
+                released = i;
+            }
             let m = roll.mixed();
             if self.is_anchor(m) {
                 let slot = self.slot(m);
@@ -230,6 +247,7 @@ impl<'a> BasisIndex<'a> {
             }
             roll.roll(b[i - 1], b[i + w - 1]);
         }
+        release(released..(end + w - 1).min(b.len()));
     }
 
     fn is_anchor(&self, mixed: u64) -> bool {
@@ -389,26 +407,48 @@ pub fn diff<W: Write>(
     });
     let mut w = DeltaWriter::new(out)?;
     let mut pending: Option<(usize, usize)> = None;
+    // Basis end of the COPY just written: chunks are matched independently, so a
+    // chunk may start with literal bytes that continue the previous chunk's last COPY.
+    let mut copy_end: Option<usize> = None;
     for r in results {
         let ops = r
             .into_inner()
             .map_err(|_| io::Error::other("matcher worker panicked"))?;
         for op in ops {
             match op.basis {
-                None => match &mut pending {
-                    Some((s, l)) if *s + *l == op.target => *l += op.len,
-                    _ => {
-                        if let Some((s, l)) = pending.take() {
-                            w.literal(&target[s..s + l])?;
+                None => {
+                    let (mut start, mut len) = (op.target, op.len);
+                    if let (None, Some(end)) = (pending, copy_end) {
+                        let old = index.basis.get(end..).unwrap_or_default();
+                        let new = &target[start..start + len];
+                        let k = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+                        if k > 0 {
+                            w.copy(end as u64, k as u64)?;
+                            copy_end = Some(end + k);
+                            start += k;
+                            len -= k;
                         }
-                        pending = Some((op.target, op.len));
                     }
-                },
+                    if len == 0 {
+                        continue;
+                    }
+                    copy_end = None;
+                    match &mut pending {
+                        Some((s, l)) if *s + *l == start => *l += len,
+                        _ => {
+                            if let Some((s, l)) = pending.take() {
+                                w.literal(&target[s..s + l])?;
+                            }
+                            pending = Some((start, len));
+                        }
+                    }
+                }
                 Some(basis) => {
                     if let Some((s, l)) = pending.take() {
                         w.literal(&target[s..s + l])?;
                     }
                     w.copy(basis as u64, op.len as u64)?;
+                    copy_end = Some(basis + op.len);
                 }
             }
         }
