@@ -1,12 +1,16 @@
 //! `release add` / `release list`: releases in an embedded store (`--store DIR`).
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use bru_delta::{Event, Progress, Step};
 use bru_oci::RegistryOptions;
-use bru_service::{absolutize, BuilderConfig, ClaimPolicy, Embedded};
+use bru_service::{absolutize, BuildProgress, BuilderConfig, ClaimPolicy, Embedded, ImageRecord};
 use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// Manage the releases of an embedded store.
 #[derive(Debug, Subcommand)]
@@ -67,6 +71,9 @@ pub async fn open_store(dir: &Path, insecure: &[String]) -> anyhow::Result<Embed
     // One machine, short-lived processes: a build left behind by an interrupted run is
     // taken over after 30 s instead of the server's 5 min.
     config.heartbeat_interval = Duration::from_secs(5);
+    if std::io::stderr().is_terminal() {
+        config.progress = Some(Arc::new(TerminalBars::default()));
+    }
     let policy = ClaimPolicy {
         stale_after: Duration::from_secs(30),
         ..ClaimPolicy::default()
@@ -103,4 +110,50 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
     use std::io::Write as _;
     writeln!(std::io::stdout().lock(), "{json}").context("write the result")?;
     Ok(())
+}
+
+/// One progress bar per delta build on stderr.
+#[derive(Debug, Default)]
+struct TerminalBars {
+    bars: MultiProgress,
+}
+
+impl BuildProgress for TerminalBars {
+    fn start(&self, src: &ImageRecord, dest: &ImageRecord) -> Arc<dyn Progress> {
+        let style = ProgressStyle::with_template(
+            "{prefix:20} {msg:22} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let bar = self.bars.add(ProgressBar::new(0).with_style(style));
+        bar.set_prefix(format!("{} {}->{}", dest.service_name, src.id, dest.id));
+        Arc::new(BuildBar(bar))
+    }
+}
+
+/// The bar of one build: each step restarts it.
+struct BuildBar(ProgressBar);
+
+impl Progress for BuildBar {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Begin { step, total } => {
+                self.0.set_message(match step {
+                    Step::FetchSource => "reading source".to_string(),
+                    Step::FetchTarget => "reading target".to_string(),
+                    Step::Index => "indexing".to_string(),
+                    Step::Encode { layer } => format!("encoding layer {layer}"),
+                    Step::Publish => "writing delta".to_string(),
+                    _ => "working".to_string(),
+                });
+                self.0.set_length(total.unwrap_or(0));
+                self.0.set_position(0);
+            }
+            Event::Advance { done } => self.0.set_position(done),
+            Event::End {
+                step: Step::Publish,
+            } => self.0.finish_and_clear(),
+            _ => {}
+        }
+    }
 }

@@ -28,6 +28,14 @@ pub struct BuilderConfig {
     pub heartbeat_interval: Duration,
     /// gzip level of the delta layers (default 9: deltas are built once, pulled often).
     pub gzip_level: u32,
+    /// Where the progress of each build goes (default: nowhere).
+    pub progress: Option<Arc<dyn BuildProgress>>,
+}
+
+/// Hands out a progress receiver for each build (e.g. one terminal bar per delta).
+pub trait BuildProgress: Send + Sync + std::fmt::Debug {
+    /// Called when the build of the delta from `src` to `dest` starts.
+    fn start(&self, src: &ImageRecord, dest: &ImageRecord) -> Arc<dyn Progress>;
 }
 
 impl BuilderConfig {
@@ -39,6 +47,7 @@ impl BuilderConfig {
             workdir: None,
             heartbeat_interval: Duration::from_secs(30),
             gzip_level: 9,
+            progress: None,
         }
     }
 }
@@ -166,7 +175,11 @@ impl DeltaBuilder {
         let work = async {
             let src = image(store, row.source_image).await?;
             let dest = image(store, row.target_image).await?;
-            self.build(&src, &dest, Arc::new(NoProgress)).await
+            let progress = match &self.config.progress {
+                Some(p) => p.start(&src, &dest),
+                None => Arc::new(NoProgress),
+            };
+            self.build(&src, &dest, progress).await
         };
         let heartbeat = async {
             let mut tick = tokio::time::interval(self.config.heartbeat_interval);

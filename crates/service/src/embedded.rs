@@ -60,7 +60,7 @@ impl Embedded {
         policy: ClaimPolicy,
     ) -> Self {
         Embedded {
-            label: format!("{store:?}"),
+            label: String::new(),
             store,
             builder: Arc::new(builder),
             owner: owner.into(),
@@ -236,7 +236,9 @@ impl Embedded {
         match e {
             ServiceError::UnknownImage { id } => bru_core::Error::ImageNotFound { id },
             e => bru_core::Error::Network {
-                url: format!("embedded store {}", self.label),
+                url: format!("embedded store {}", self.label)
+                    .trim_end()
+                    .to_string(),
                 source: Box::new(e),
             },
         }

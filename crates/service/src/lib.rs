@@ -38,7 +38,7 @@ mod import;
 mod sqlite;
 mod store;
 
-pub use builder::{delta_tag, BuilderConfig, DeltaBuilder};
+pub use builder::{delta_tag, BuildProgress, BuilderConfig, DeltaBuilder};
 pub use embedded::{state_dir, DeltaRequest, Embedded};
 pub use error::ServiceError;
 pub use import::{absolutize, check_release, resolve_image, FleetFile, FleetRelease};
