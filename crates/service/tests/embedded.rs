@@ -304,3 +304,42 @@ async fn a_builder_that_does_not_own_the_row_records_nothing() {
     );
     assert_eq!(now.location, None);
 }
+
+#[tokio::test]
+async fn a_fleet_file_is_imported_once_and_a_malformed_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    support::two_images(&dir.join("images"));
+    let fleet = r#"{"fleet": "f", "releases": [
+        {"commit": "aaa111", "services": {"app": "oci:images:v1"}},
+        {"commit": "bbb222", "services": {"app": "oci:images:v2", "side": "oci:images:v1"}}]}"#;
+    std::fs::write(dir.join("fleet.json"), fleet).unwrap();
+    let config = || bru_service::BuilderConfig::new("ignored");
+    for _ in 0..2 {
+        let backend = Embedded::open(&dir, config(), ClaimPolicy::default())
+            .await
+            .unwrap();
+        let releases = backend.store().list_releases(Some("f")).await.unwrap();
+        let shape: Vec<_> = releases
+            .iter()
+            .map(|r| (r.id, r.commit.as_str(), r.images.len()))
+            .collect();
+        assert_eq!(shape, [(1, "aaa111", 1), (2, "bbb222", 2)]);
+        let location = &releases[0].images[0].location;
+        assert_eq!(
+            *location,
+            format!("oci:{}:v1", dir.join("images").display())
+        );
+    }
+
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("fleet.json"), r#"{"fleet": "f", "releasez": []}"#).unwrap();
+    let err = Embedded::open(&bad, config(), ClaimPolicy::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, bru_service::ServiceError::FleetFile { reason, .. } if reason.contains("releasez")),
+        "{err:?}"
+    );
+}
