@@ -59,6 +59,13 @@ impl Embedded {
         owner: impl Into<String>,
         policy: ClaimPolicy,
     ) -> Self {
+        if builder.config().heartbeat_interval >= policy.stale_after {
+            tracing::warn!(
+                heartbeat = ?builder.config().heartbeat_interval,
+                stale_after = ?policy.stale_after,
+                "the heartbeat interval is not shorter than the stale limit: live builds may be taken over"
+            );
+        }
         Embedded {
             label: String::new(),
             store,

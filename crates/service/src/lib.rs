@@ -17,6 +17,22 @@
 //!   report, `prepare` and `wait` run in-process and offline; in one process, concurrent
 //!   requests for one pair start a single build.
 //!
+//! # Schema (SQLite, `PRAGMA user_version` 1)
+//!
+//! | table | columns |
+//! |---|---|
+//! | `fleets` | id, name (unique), created_at |
+//! | `services` | id, fleet, service_name (unique per fleet) |
+//! | `releases` | id, fleet, commit (unique per fleet), status, created_at |
+//! | `images` | id, service, location (the reference as given), content_hash (manifest digest), image_size (config + compressed layers), status, created_at |
+//! | `release_images` | id, release, image |
+//! | `deltas` | id, originates_from__image, produces__image, version, status (`running`/`success`/`failed`), is_stored_at__location, size (bytes a device downloads), error_message, owner, created_at, update_timestamp (heartbeat), end_timestamp |
+//! | `meta` | key, value |
+//!
+//! Times are milliseconds since the Unix epoch. A delta server maps [`DeltaRequest`] to the
+//! supervisor protocol: `Ready` → 200 with the location, `Building` → 504, `Failed` → a 4xx
+//! other than 401 so devices fall back to a regular pull.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use bru_core::{prepare_update, PrepareOptions, ReleaseRef};
