@@ -109,17 +109,15 @@ impl Embedded {
                     .iter()
                     .map(|(s, r)| Ok((s.clone(), absolutize(s, r, dir)?)))
                     .collect::<Result<_, ServiceError>>()?;
-                if this
-                    .store
-                    .releases_by_commit(&release.commit)
-                    .await?
-                    .iter()
-                    .any(|r| r.fleet == file.fleet && r.commit == release.commit)
+                // Releases imported by an earlier, interrupted import (or by another
+                // process opening the store at the same time) are kept as they are.
+                match this
+                    .add_release(&file.fleet, &release.commit, &services)
+                    .await
                 {
-                    continue;
+                    Ok(_) | Err(ServiceError::ReleaseExists { .. }) => {}
+                    Err(e) => return Err(e),
                 }
-                this.add_release(&file.fleet, &release.commit, &services)
-                    .await?;
             }
             store.set_meta("fleet_file_imported", "1").await?;
             tracing::info!(path = %fleet_file.display(), "imported the fleet file");
