@@ -23,7 +23,7 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "RELEASE")]
     to_release: Option<String>,
 
-    /// Ask the delta server for the missing deltas.
+    /// Ask the delta server for the missing deltas (with --store: build them here).
     #[arg(long)]
     prepare: bool,
 
