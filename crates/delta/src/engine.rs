@@ -18,7 +18,7 @@ use bru_rsync::{BasisIndex, DeltaStats, Hint, MatchOptions, DELTA_MAGIC};
 use memmap2::{Mmap, UncheckedAdvice};
 
 /// Target bytes encoded per window.
-const WINDOW: usize = 32 << 20;
+const WINDOW: usize = 8 << 20;
 
 /// Maps a work file read-only.
 #[allow(unsafe_code)]
@@ -56,8 +56,14 @@ pub(crate) fn encode(
     target: &Mmap,
     out: impl Write,
 ) -> io::Result<DeltaStats> {
-    let hints = bru_rsync::tar::hints(basis, target);
+    // Walking the tar headers touches most pages of a tar of small files:
+    // release each side once parsed.
+    let old = bru_rsync::tar::entries(basis);
     release(basis, 0..basis.len());
+    let new = bru_rsync::tar::entries(target);
+    release(target, 0..target.len());
+    let hints = bru_rsync::tar::hints_from_entries(&old, &new);
+    drop((old, new));
     let mut out = out;
     out.write_all(&DELTA_MAGIC)?;
     let mut total = DeltaStats {

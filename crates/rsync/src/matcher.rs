@@ -17,7 +17,7 @@
 
 use std::io::{self, Write};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::encode::{DeltaStats, DeltaWriter};
@@ -137,7 +137,7 @@ pub struct BasisIndex<'a> {
     basis: &'a [u8],
     opts: MatchOptions,
     /// Slot = top `table_bits` of the mixed hash; value = position + 1 (0 = empty).
-    table: Vec<AtomicU32>,
+    table: Vec<AtomicU64>,
     table_bits: u32,
     anchor_bits: u32,
 }
@@ -163,12 +163,12 @@ impl<'a> BasisIndex<'a> {
             .next_power_of_two()
             .trailing_zeros();
         let expected = (basis.len() >> anchor_bits).max(1);
-        let max_slots = (opts.max_index_bytes / 4).max(1024);
+        let max_slots = (opts.max_index_bytes / 8).max(1024);
         let slots = (expected * 2)
             .next_power_of_two()
             .min(prev_power_of_two(max_slots));
         let table_bits = slots.trailing_zeros();
-        let table: Vec<AtomicU32> = (0..slots).map(|_| AtomicU32::new(0)).collect();
+        let table: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
         let index = Self {
             basis,
             opts,
@@ -199,7 +199,7 @@ impl<'a> BasisIndex<'a> {
 
     /// Approximate heap size of the index in bytes.
     pub fn index_bytes(&self) -> usize {
-        self.table.len() * 4
+        self.table.len() * 8
     }
 
     fn build(&self, release: &(dyn Fn(Range<usize>) + Sync)) {
@@ -239,7 +239,7 @@ impl<'a> BasisIndex<'a> {
             let m = roll.mixed();
             if self.is_anchor(m) {
                 let slot = self.slot(m);
-                self.table[slot].fetch_max(i as u32 + 1, Ordering::Relaxed);
+                self.table[slot].fetch_max(entry(i, m), Ordering::Relaxed);
             }
             i += 1;
             if i >= end {
@@ -259,12 +259,28 @@ impl<'a> BasisIndex<'a> {
         ((mixed << self.anchor_bits) >> (64 - self.table_bits)) as usize
     }
 
+    /// The basis position indexed for this hash, if its check bits agree: a
+    /// candidate is only compared with the basis (a page touched, maybe a
+    /// cache miss) when it is likely to be a real match.
     fn lookup(&self, mixed: u64) -> Option<usize> {
         match self.table[self.slot(mixed)].load(Ordering::Relaxed) {
             0 => None,
-            v => Some(v as usize - 1),
+            v if v as u32 == check(mixed) => Some((v >> 32) as usize - 1),
+            _ => None,
         }
     }
+}
+
+/// Check bits of a hash: its low half, independent of the bits that pick the
+/// slot (the top ones) as long as anchor and table bits fit in 32.
+fn check(mixed: u64) -> u32 {
+    mixed as u32
+}
+
+/// A table entry: position + 1 in the high half (so `fetch_max` keeps the
+/// last position, whatever the thread order), check bits in the low half.
+fn entry(pos: usize, mixed: u64) -> u64 {
+    ((pos as u64 + 1) << 32) | u64::from(check(mixed))
 }
 
 fn prev_power_of_two(n: usize) -> usize {

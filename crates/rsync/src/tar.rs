@@ -209,15 +209,19 @@ fn fuzzy_key(path: &[u8]) -> Vec<u8> {
 /// only in its digits. Covers headers and data, so header fields (mtime, checksum) are matched
 /// against the old header too.
 pub fn hints(basis: &[u8], target: &[u8]) -> Vec<Hint> {
-    let old = entries(basis);
+    hints_from_entries(&entries(basis), &entries(target))
+}
+
+/// [`hints`] from already parsed members (`old` from the basis, `new` from the target), so a
+/// caller can parse each side and release its memory before the next.
+pub fn hints_from_entries(old: &[TarEntry], new: &[TarEntry]) -> Vec<Hint> {
     let mut by_path: HashMap<&[u8], &TarEntry> = HashMap::with_capacity(old.len());
     let mut by_key: HashMap<Vec<u8>, &TarEntry> = HashMap::with_capacity(old.len());
-    for e in &old {
+    for e in old {
         by_path.insert(&e.path, e);
         by_key.insert(fuzzy_key(&e.path), e);
     }
-    entries(target)
-        .iter()
+    new.iter()
         .filter_map(|e| {
             let o = by_path
                 .get(e.path.as_slice())
