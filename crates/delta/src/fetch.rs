@@ -17,19 +17,10 @@ const BUF: usize = 256 * 1024;
 /// Turns an io error from a verified blob stream back into the structured
 /// [`OciError`] it carries (digest or size mismatch), or wraps it.
 pub(crate) fn stream_error(role: Role, index: usize, e: io::Error) -> DeltaError {
-    let source = if e.get_ref().is_some_and(|inner| inner.is::<OciError>()) {
-        match e.into_inner().map(|b| b.downcast::<OciError>()) {
-            Some(Ok(oci)) => *oci,
-            Some(Err(other)) => OciError::Stream(io::Error::other(other)),
-            None => OciError::Stream(io::Error::other("stream failed")),
-        }
-    } else {
-        OciError::Stream(e)
-    };
     DeltaError::Layer {
         role,
         index,
-        source,
+        source: OciError::from_stream(e),
     }
 }
 

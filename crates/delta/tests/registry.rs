@@ -17,23 +17,11 @@ fn options(addr: &str) -> RegistryOptions {
     opts
 }
 
-/// Copies an image blob by blob (config, layers, manifest) between two references.
+/// Copies an image between two references.
 async fn copy(from: &ImageReference, to: &ImageReference, opts: &RegistryOptions) {
     let src = open_source(from, opts).await.unwrap();
     let sink = open_sink(to, opts).await.unwrap();
-    let image = src.image().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for desc in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
-        let mut r = src.blob(desc).await.unwrap();
-        let path = dir.path().join(desc.digest.hex());
-        let mut f = tokio::fs::File::create(&path).await.unwrap();
-        tokio::io::copy(&mut r, &mut f).await.unwrap();
-        sink.put_blob(&path, desc).await.unwrap();
-    }
-    sink.put_manifest(&image.manifest_bytes, &image.manifest_media_type)
-        .await
-        .unwrap();
-    sink.finish().await.unwrap();
+    bru_oci::copy_image(&*src, &*sink).await.unwrap();
 }
 
 #[tokio::test]

@@ -148,7 +148,9 @@ impl OciError {
     }
 
     /// Converts an io error from a stream: unwraps an embedded [`OciError`] when there is one.
-    pub(crate) fn from_stream(err: std::io::Error) -> Self {
+    /// Recovers the structured error an io error from a verified blob stream carries
+    /// (digest or size mismatch), or wraps the io error as [`OciError::Stream`].
+    pub fn from_stream(err: std::io::Error) -> Self {
         if err.get_ref().is_some_and(|e| e.is::<OciError>()) {
             match err.into_inner().map(|e| e.downcast::<OciError>()) {
                 Some(Ok(e)) => *e,

@@ -34,6 +34,7 @@
 //!   with OCI media types ([`ManifestFormat::Oci`] in the fixture builder).
 
 mod archive;
+mod copy;
 mod digest;
 mod error;
 mod fixture;
@@ -48,6 +49,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
+pub use copy::copy_image;
 pub use digest::{Digest, Hasher};
 pub use error::OciError;
 pub use fixture::{gzip_bytes, tar_of, ImageSpec, ManifestFormat, WrittenImage};

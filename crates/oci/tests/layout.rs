@@ -357,3 +357,57 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn copy_image_keeps_manifest_bytes_and_refuses_corrupt_blobs() {
+    use bru_oci::{copy_image, open_sink, open_source, ImageReference, RegistryOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let from = OciDir::create(tmp.path().join("from")).unwrap();
+    let written = from
+        .write_image(
+            "v1",
+            &ImageSpec::new(vec![tar_of(&[("a", b"1")]), tar_of(&[("b", b"2")])]),
+        )
+        .unwrap();
+    let opts = RegistryOptions::default();
+    let src_ref: ImageReference = format!("oci:{}:v1", tmp.path().join("from").display())
+        .parse()
+        .unwrap();
+    let dst_ref: ImageReference = format!("oci:{}:v1", tmp.path().join("to").display())
+        .parse()
+        .unwrap();
+    let src = open_source(&src_ref, &opts).await.unwrap();
+    let digest = copy_image(&*src, &*open_sink(&dst_ref, &opts).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(digest, written.manifest.digest);
+    let copied = open_source(&dst_ref, &opts)
+        .await
+        .unwrap()
+        .image()
+        .await
+        .unwrap();
+    assert_eq!(copied.manifest_digest, written.manifest.digest);
+    assert_eq!(copied.config_bytes, written.config_bytes);
+
+    // A corrupt layer stops the copy before any manifest is written.
+    let blob = from.blob_path(&written.layers[1].digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let bad_ref: ImageReference = format!("oci:{}:v1", tmp.path().join("bad").display())
+        .parse()
+        .unwrap();
+    let err = copy_image(&*src, &*open_sink(&bad_ref, &opts).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, bru_oci::OciError::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(OciDir::open(tmp.path().join("bad"))
+        .unwrap()
+        .resolve(Some("v1"))
+        .is_err());
+}
