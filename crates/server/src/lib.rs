@@ -1,0 +1,475 @@
+//! The delta server of balena-release-update: the endpoint balena's supervisor asks for
+//! v3 deltas, over the embedded store and build-once builds of `bru-service`.
+//!
+//! # Endpoints
+//!
+//! * `GET /api/v3/delta?src=REF&dest=REF`: the supervisor protocol (balena-delta-v3 §3).
+//!   `REF` is a registry reference `HOST[:PORT]/REPO[:TAG][@sha256:…]`, sent unencoded
+//!   (`%XX` escapes are decoded too), or a numeric image id of the store, as the
+//!   release-update client's trigger sends them. Registry images are recorded in the
+//!   store the first time they are seen (see the `images` module notes in the source).
+//!   The answer comes within the long-poll budget (20 s by default, never more than 24 s;
+//!   devices time out after 30 s or 59 s).
+//! * `GET /healthz`: 200 `ok`.
+//! * `GET /metrics`: Prometheus counters: answers by status, builds started, succeeded and
+//!   failed, build seconds, and bytes saved against full pulls.
+//!
+//! # Status codes of `/api/v3/delta`
+//!
+//! Checks run in this order; nothing touches the network before the allow-list check.
+//!
+//! | status | when | device reaction |
+//! |---|---|---|
+//! | 200 `{"name":"HOST/REPO:delta-…"}` | the delta is ready; it lives in the destination repository | pulls it with the same token |
+//! | 400 | `src`/`dest` missing, repeated or malformed; a non-registry reference | falls back to a regular pull |
+//! | 401 | token missing, malformed, badly signed, expired, not yet valid, or its `aud` is not the destination registry | retries later |
+//! | 403 | a registry not on the allow list; the token's `access` lacks `pull` on either repository; with auth, a store image that is not on a registry | falls back |
+//! | 404 | an image id unknown to the store, or an image the registry does not have | falls back |
+//! | 422 | the build failed (the error is remembered and the pair is not retried until the cool-down ends), or the image cannot be used | falls back |
+//! | 503 | the registry is unreachable or answers 5xx while the images are resolved | retries later |
+//! | 504 | the delta is still being built (the build continues) | retries soon, no back-off |
+//! | 500 | the store failed | retries later |
+//!
+//! # Tokens
+//!
+//! With a [`Verifier`], requests need `Authorization: Bearer <JWT>`: a Docker token-auth
+//! token as balena's API issues to devices (ES256 or RS256, following the key type). `exp`
+//! is required, `nbf` is checked when present (10 s leeway), `aud` must name the destination
+//! registry when present, and `access` must grant `pull` on both repositories
+//! (`{"type":"repository","name":"<repo path without host>","actions":["pull"]}`).
+#![deny(missing_docs)]
+
+mod auth;
+mod images;
+mod metrics;
+mod query;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bru_oci::{ImageReference, RegistryOptions, RegistryReference};
+use bru_service::{BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+pub use auth::Verifier;
+pub use query::{parse_query, Requested};
+
+use metrics::{BuildHook, Metrics};
+
+/// The longest a delta request is held open: below the 25 s every supervisor tolerates.
+pub const MAX_POLL: Duration = Duration::from_secs(24);
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The token verification key is not usable.
+    #[error("unusable public key: {reason}")]
+    Key {
+        /// Why.
+        reason: String,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store")]
+    Store(#[source] bru_service::ServiceError),
+    /// Serving failed (the listener broke).
+    #[error("serving failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Who may ask for deltas.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Anyone (explicit `--no-auth`).
+    None,
+    /// Holders of a registry token signed by this key.
+    Jwt(Verifier),
+}
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The store directory (database and local deltas under `state/`).
+    pub store_dir: PathBuf,
+    /// How registries are reached (plain-HTTP hosts, credentials).
+    pub registry: RegistryOptions,
+    /// Registries images may be read from: `HOST:PORT` matches exactly, a bare `HOST`
+    /// matches that host on any port. Requests naming any other registry get 403.
+    pub allowed_registries: Vec<String>,
+    /// Token checking.
+    pub auth: Auth,
+    /// How long a request waits for a build before answering 504 (capped at [`MAX_POLL`]).
+    pub poll: Duration,
+    /// Build-once rules (stale builds, failure cool-down).
+    pub policy: ClaimPolicy,
+}
+
+impl ServerConfig {
+    /// Defaults: 20 s long-poll, default claim policy, no registries allowed.
+    pub fn new(store_dir: impl Into<PathBuf>, auth: Auth) -> Self {
+        ServerConfig {
+            store_dir: store_dir.into(),
+            registry: RegistryOptions::default(),
+            allowed_registries: Vec::new(),
+            auth,
+            poll: Duration::from_secs(20),
+            policy: ClaimPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AppState {
+    backend: Embedded,
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// A delta server over one store.
+#[derive(Debug, Clone)]
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Opens the store and prepares the builder.
+    pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::default());
+        let mut builder = BuilderConfig::new(config.store_dir.join("state").join("deltas"));
+        builder.registry = config.registry.clone();
+        builder.progress = Some(Arc::new(BuildHook(Arc::clone(&metrics))));
+        let backend = Embedded::open(&config.store_dir, builder, config.policy)
+            .await
+            .map_err(ServerError::Store)?;
+        Ok(Server {
+            state: Arc::new(AppState {
+                backend,
+                config,
+                metrics,
+            }),
+        })
+    }
+
+    /// The embedded backend (store and builder).
+    pub fn backend(&self) -> &Embedded {
+        &self.state.backend
+    }
+
+    /// The HTTP routes with request ids (`x-request-id`, generated unless the client sent
+    /// one) and a tracing span per request.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v3/delta", get(delta))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics_text))
+            .with_state(Arc::clone(&self.state))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", id, method = %req.method(), uri = %req.uri())
+                }),
+            )
+            .layer(SetRequestIdLayer::x_request_id(Counter::default()))
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets open requests finish.
+    /// Builds still running are abandoned; their rows are taken over after the stale limit
+    /// by the next server on the store.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let settle = {
+            let state = Arc::clone(&self.state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    state.metrics.settle(&**state.backend.store()).await;
+                }
+            })
+        };
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServerError::Serve);
+        settle.abort();
+        result
+    }
+}
+
+/// Request ids: a per-process sequence number.
+#[derive(Debug, Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+impl MakeRequestId for Counter {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        HeaderValue::from_str(&format!("req-{n}"))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// An error answer: a status and a JSON `{"error": …}` body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn internal(e: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(500, "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.message }));
+        if self.status == StatusCode::UNAUTHORIZED {
+            (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        } else {
+            (self.status, body).into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    state.metrics.settle(&**state.backend.store()).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn delta(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let response = match answer(&state, query.as_deref().unwrap_or(""), &headers).await {
+        Ok(name) => (StatusCode::OK, Json(serde_json::json!({ "name": name }))).into_response(),
+        Err(e) => {
+            if e.status.is_server_error() && e.status != StatusCode::GATEWAY_TIMEOUT {
+                tracing::warn!(status = %e.status, error = %e.message, "delta request failed");
+            } else {
+                tracing::info!(status = %e.status, reason = %e.message, "delta request answered");
+            }
+            e.into_response()
+        }
+    };
+    state.metrics.request(response.status().as_u16());
+    response
+}
+
+/// One side of a request once known: its store record and registry location.
+struct Side {
+    image: ImageRecord,
+    registry: Option<RegistryReference>,
+}
+
+async fn answer(state: &AppState, query: &str, headers: &HeaderMap) -> Result<String, ApiError> {
+    let (src, dest) = query::parse_query(query).map_err(|m| ApiError::new(400, m))?;
+    let claims = match &state.config.auth {
+        Auth::None => None,
+        Auth::Jwt(verifier) => Some(authenticate(verifier, headers)?),
+    };
+    for side in [&src, &dest] {
+        if let Requested::Registry(r) = side {
+            if !registry_allowed(&state.config.allowed_registries, &r.registry) {
+                return Err(ApiError::new(
+                    403,
+                    format!("registry {} is not on the allow list", r.registry),
+                ));
+            }
+        }
+    }
+    // Store images first: they need no network.
+    let src_known = known(state, &src).await?;
+    let dest_known = known(state, &dest).await?;
+    if let Some(claims) = &claims {
+        let host = match (&dest, &dest_known) {
+            (Requested::Registry(r), _) => r.registry.clone(),
+            (_, Some(side)) => match &side.registry {
+                Some(r) => r.registry.clone(),
+                None => {
+                    return Err(ApiError::new(
+                        403,
+                        "the destination image is not on a registry",
+                    ))
+                }
+            },
+            _ => return Err(ApiError::internal(&"destination unresolved")),
+        };
+        if !claims.audience_allows(&host) {
+            return Err(ApiError::new(
+                401,
+                format!("the token is not for registry {host}"),
+            ));
+        }
+        for (side, known) in [(&src, &src_known), (&dest, &dest_known)] {
+            let repo = match (side, known) {
+                (Requested::Registry(r), _) => r.repository.clone(),
+                (
+                    _,
+                    Some(Side {
+                        registry: Some(r), ..
+                    }),
+                ) => r.repository.clone(),
+                _ => return Err(ApiError::new(403, "the image is not on a registry")),
+            };
+            if !claims.grants_pull(&repo) {
+                return Err(ApiError::new(
+                    403,
+                    format!("the token does not grant pull on {repo}"),
+                ));
+            }
+        }
+    }
+    let src = resolve(state, &src, src_known).await?;
+    let dest = resolve(state, &dest, dest_known).await?;
+    wait_for_delta(state, &src.image, &dest.image).await
+}
+
+fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<auth::Claims, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::new(401, "a bearer token is required"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| ApiError::new(401, "expected Authorization: Bearer <token>"))?;
+    verifier
+        .verify(token)
+        .map_err(|reason| ApiError::new(401, format!("invalid token: {reason}")))
+}
+
+fn registry_allowed(allowed: &[String], registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    allowed
+        .iter()
+        .any(|a| a == registry || (!a.contains(':') && a == host))
+}
+
+/// Image ids are looked up in the store; registry references are resolved later.
+async fn known(state: &AppState, side: &Requested) -> Result<Option<Side>, ApiError> {
+    let Requested::Id(id) = side else {
+        return Ok(None);
+    };
+    let image = state
+        .backend
+        .store()
+        .image(*id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .filter(|i| i.status == "success")
+        .ok_or_else(|| ApiError::new(404, format!("no image with id {id}")))?;
+    let registry = match image.location.parse::<ImageReference>() {
+        Ok(ImageReference::Registry(r)) => Some(r),
+        _ => None,
+    };
+    Ok(Some(Side { image, registry }))
+}
+
+async fn resolve(
+    state: &AppState,
+    side: &Requested,
+    known: Option<Side>,
+) -> Result<Side, ApiError> {
+    match (side, known) {
+        (_, Some(side)) => Ok(side),
+        (Requested::Registry(r), None) => Ok(Side {
+            image: images::registry_image(&**state.backend.store(), &state.config.registry, r)
+                .await?,
+            registry: Some(r.clone()),
+        }),
+        (Requested::Id(id), None) => Err(ApiError::new(404, format!("no image with id {id}"))),
+    }
+}
+
+/// Asks for the delta and long-polls it within the budget.
+async fn wait_for_delta(
+    state: &AppState,
+    src: &ImageRecord,
+    dest: &ImageRecord,
+) -> Result<String, ApiError> {
+    if src.id == dest.id {
+        return Err(ApiError::new(
+            422,
+            "source and destination are the same image",
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + state.config.poll.min(MAX_POLL);
+    loop {
+        match state.backend.request(src.id, dest.id).await {
+            Ok(DeltaRequest::Ready(row)) => {
+                return row
+                    .location
+                    .ok_or_else(|| ApiError::internal(&"a successful delta has no location"));
+            }
+            Ok(DeltaRequest::Failed(row)) => {
+                return Err(ApiError::new(
+                    422,
+                    format!(
+                        "the delta build failed: {}",
+                        row.error_message.as_deref().unwrap_or("unknown error")
+                    ),
+                ));
+            }
+            Ok(DeltaRequest::Building) => {}
+            Err(e) => return Err(ApiError::internal(&e)),
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(ApiError::new(504, "the delta is being built; ask again"));
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(200))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_host_or_host_and_port() {
+        let allowed = vec!["127.0.0.1:5055".to_string(), "reg.example".to_string()];
+        assert!(registry_allowed(&allowed, "127.0.0.1:5055"));
+        assert!(!registry_allowed(&allowed, "127.0.0.1:5056"));
+        assert!(!registry_allowed(&allowed, "127.0.0.1"));
+        assert!(registry_allowed(&allowed, "reg.example"));
+        assert!(registry_allowed(&allowed, "reg.example:443"));
+        assert!(!registry_allowed(&allowed, "reg.example.evil"));
+        assert!(!registry_allowed(&[], "reg.example"));
+    }
+}
