@@ -11,7 +11,13 @@
 //! * [`inspect()`] describes a delta image.
 //!
 //! Images come from any [`bru_oci::ImageSource`] (registry, OCI layout,
-//! docker-archive) and go to any [`bru_oci::ImageSink`].
+//! docker-archive) and go to any [`bru_oci::ImageSink`]. Network I/O runs on
+//! tokio; decompression, matching and patching run on blocking threads.
+//!
+//! Resources: layers are decompressed into a private temporary directory.
+//! Building memory-maps the basis and one target layer at a time and releases
+//! pages it is done with, so its resident set stays below the source image's
+//! uncompressed size; applying reads the basis by offset and needs a few MiB.
 
 pub mod apply;
 pub mod chain;
