@@ -9,6 +9,7 @@
 
 mod delta_cmd;
 mod release_cmd;
+mod serve_cmd;
 mod update_cmd;
 
 use std::process::ExitCode;
@@ -59,6 +60,8 @@ enum Command {
     /// Record and list releases in an embedded store (for --store).
     #[command(subcommand)]
     Release(release_cmd::ReleaseCommand),
+    /// Serve the supervisor's delta endpoint (/api/v3/delta) over an embedded store.
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,8 @@ fn main() -> ExitCode {
         Some(Command::Release(release)) => runtime
             .block_on(release_cmd::run(release))
             .map(|()| ExitCode::SUCCESS),
+        // The server builds its own multi-threaded runtime.
+        Some(Command::Serve(serve)) => serve_cmd::run(serve),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,131 @@
+//! `serve`: the delta server devices ask for v3 deltas (see the bru-server crate).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bru_server::{Auth, Server, ServerConfig, Verifier, MAX_POLL};
+use clap::Args;
+
+/// Status codes of /api/v3/delta, for `serve --help`.
+pub const STATUS_CODES: &str = "\
+Endpoints:
+  GET /api/v3/delta?src=REF&dest=REF   REF: HOST[:PORT]/REPO[:TAG][@sha256:...] (unencoded) or a store image id
+  GET /healthz                          200 ok
+  GET /metrics                          Prometheus counters
+
+Status codes of /api/v3/delta:
+  200  {\"name\":\"HOST/REPO:delta-...\"}: the delta is ready (in the destination repository)
+  400  src/dest missing, repeated or malformed; not a registry reference or image id
+  401  token missing, malformed, badly signed, expired or not yet valid; aud is not the destination registry
+  403  registry not on --allow-registry; the token's access claim lacks pull on src or dest repository
+  404  unknown image id, or the registry does not have the image
+  422  the build failed (remembered; not retried until the cool-down ends), or the image cannot be used
+  503  the registry is unreachable or answers 5xx while the images are resolved
+  504  the delta is still being built (the build continues); ask again
+  500  the store failed";
+
+/// Serve the supervisor's delta endpoint (GET /api/v3/delta) over an embedded store.
+///
+/// Deltas are built once per image pair, in the background, into the destination
+/// repository on the destination's registry. A request waits for its delta up to the
+/// long-poll budget, then answers 504 (devices ask again). Logs (one request id per
+/// request) go to stderr. SIGINT or SIGTERM stop accepting, let open requests finish and
+/// exit; unfinished builds are taken over by the next start after the stale limit.
+#[derive(Debug, Args)]
+#[command(after_help = STATUS_CODES)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// The store directory (database in DIR/state/, created if missing).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure: Vec<String>,
+    /// A registry images may be read from and deltas written to (HOST:PORT exactly, or HOST
+    /// on any port); repeatable. Requests naming any other registry get 403.
+    #[arg(long = "allow-registry", value_name = "HOST[:PORT]")]
+    allow: Vec<String>,
+    /// PEM public key that signs device tokens (EC P-256 → ES256, RSA → RS256).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_auth")]
+    jwt_public_key: Option<PathBuf>,
+    /// Accept requests without a token (for a trusted network only).
+    #[arg(long)]
+    no_auth: bool,
+    /// Seconds a request waits for a running build before answering 504 (at most 24).
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+    poll_seconds: u64,
+}
+
+/// Runs the server on its own multi-threaded runtime until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let auth = match (&args.jwt_public_key, args.no_auth) {
+        (Some(path), false) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Auth::Jwt(Verifier::from_pem(&pem).with_context(|| format!("key {}", path.display()))?)
+        }
+        (None, true) => Auth::None,
+        _ => bail!("give --jwt-public-key FILE, or --no-auth to accept requests without a token"),
+    };
+    let poll = Duration::from_secs(args.poll_seconds);
+    if poll > MAX_POLL {
+        bail!("--poll-seconds must be at most {}", MAX_POLL.as_secs());
+    }
+    if args.allow.is_empty() {
+        tracing::warn!("no --allow-registry: only store image ids can be requested");
+    }
+    let mut config = ServerConfig::new(&args.store, auth);
+    config.registry.insecure = args.insecure;
+    config.allowed_registries = args.allow;
+    config.poll = poll;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::open(config)
+            .await
+            .with_context(|| format!("opening store {}", args.store.display()))?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listen address")?;
+        tracing::warn!(%addr, "serving");
+        server.serve(listener, shutdown_signal()).await?;
+        tracing::warn!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::warn!("shutting down");
+}
