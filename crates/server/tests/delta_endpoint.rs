@@ -1,0 +1,473 @@
+//! The delta endpoint against a real registry (Debian's docker-registry): a device-like
+//! client with a registry token polls, pulls the delta named in the answer and applies it;
+//! concurrent requests build once; refusals get their documented status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bru_delta::{ApplyOptions, NoProgress};
+use bru_oci::{open_sink, open_source, tar_of, ImageReference, ImageSpec, OciDir, RegistryOptions};
+use bru_server::{Auth, Server, ServerConfig, Verifier};
+use bru_test_support::{unique_repo, TestRegistry};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+/// A test-only EC P-256 key pair: the PKCS#8 private key and the PEM public key.
+struct TestKey {
+    pkcs8: Vec<u8>,
+    public_pem: String,
+}
+
+impl TestKey {
+    fn generate() -> TestKey {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        // SubjectPublicKeyInfo: id-ecPublicKey, prime256v1, then the uncompressed point.
+        let mut spki = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&spki);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        TestKey {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            public_pem: format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                lines.join("\n")
+            ),
+        }
+    }
+
+    fn sign(&self, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("test".into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&self.pkcs8)).unwrap()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims as balena's API issues them: pull on each of `repos`.
+fn claims(aud: &str, repos: &[&str], exp: i64) -> serde_json::Value {
+    let access: Vec<_> = repos
+        .iter()
+        .map(|r| serde_json::json!({"type": "repository", "name": r, "actions": ["pull"]}))
+        .collect();
+    serde_json::json!({"iss": "api.test", "sub": "d_device", "aud": aud, "jti": "1",
+                       "exp": exp, "nbf": now() - 10, "access": access})
+}
+
+/// Deterministic, poorly compressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Copies an image blob by blob between two references.
+async fn copy(from: &str, to: &str, opts: &RegistryOptions) {
+    let (from, to): (ImageReference, ImageReference) = (from.parse().unwrap(), to.parse().unwrap());
+    let src = open_source(&from, opts).await.unwrap();
+    let sink = open_sink(&to, opts).await.unwrap();
+    let image = src.image().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for desc in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
+        let mut r = src.blob(desc).await.unwrap();
+        let path = dir.path().join(desc.digest.hex());
+        let mut f = tokio::fs::File::create(&path).await.unwrap();
+        tokio::io::copy(&mut r, &mut f).await.unwrap();
+        sink.put_blob(&path, desc).await.unwrap();
+    }
+    sink.put_manifest(&image.manifest_bytes, &image.manifest_media_type)
+        .await
+        .unwrap();
+    sink.finish().await.unwrap();
+}
+
+/// Two releases of one service pushed to the registry, each in its own repository (as
+/// balena stores them). References are pinned by digest, as the supervisor sends them.
+struct Images {
+    registry: String,
+    opts: RegistryOptions,
+    src_repo: String,
+    dest_repo: String,
+    src: String,
+    dest: String,
+    _tmp: tempfile::TempDir,
+}
+
+async fn push_images(registry: &TestRegistry) -> Images {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = OciDir::create(tmp.path().join("images")).unwrap();
+    let base = tar_of(&[("lib/base", &noise(1, 20_000))]);
+    let app1 = noise(2, 30_000);
+    let mut app2 = app1.clone();
+    app2[1000..1010].copy_from_slice(b"0123456789");
+    for (tag, app) in [("v1", app1), ("v2", app2)] {
+        let spec = ImageSpec::new(vec![base.clone(), tar_of(&[("app/bin", &app)])]);
+        layout.write_image(tag, &spec).unwrap();
+    }
+    let mut opts = RegistryOptions::default();
+    opts.insecure = vec![registry.addr.clone()];
+    let (src_repo, dest_repo) = (unique_repo("v2/src"), unique_repo("v2/dest"));
+    let mut pinned = Vec::new();
+    for (tag, repo) in [("v1", &src_repo), ("v2", &dest_repo)] {
+        let to = format!("{}/{repo}:{tag}", registry.addr);
+        let from = format!("oci:{}:{tag}", tmp.path().join("images").display());
+        copy(&from, &to, &opts).await;
+        let image = open_source(&to.parse().unwrap(), &opts)
+            .await
+            .unwrap()
+            .image()
+            .await
+            .unwrap();
+        pinned.push(format!(
+            "{}/{repo}@{}",
+            registry.addr, image.manifest_digest
+        ));
+    }
+    let dest = pinned.pop().unwrap();
+    let src = pinned.pop().unwrap();
+    Images {
+        registry: registry.addr.clone(),
+        opts,
+        src_repo,
+        dest_repo,
+        src,
+        dest,
+        _tmp: tmp,
+    }
+}
+
+/// A server on 127.0.0.1:0 over a fresh store, allowed to use the test registry.
+async fn start(
+    images: &Images,
+    auth: Auth,
+    poll: Duration,
+) -> (SocketAddr, Server, tempfile::TempDir) {
+    let store = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(store.path(), auth);
+    config.registry = images.opts.clone();
+    config.allowed_registries = vec![images.registry.clone()];
+    config.poll = poll;
+    let server = Server::open(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.clone().serve(listener, std::future::pending()));
+    (addr, server, store)
+}
+
+/// `GET /api/v3/delta` with the references written into the URL unencoded.
+async fn ask(
+    addr: SocketAddr,
+    src: &str,
+    dest: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req =
+        reqwest::Client::new().get(format!("http://{addr}/api/v3/delta?src={src}&dest={dest}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Asks until the answer is not 504, checking that nothing else comes before.
+async fn poll_until_ready(
+    addr: SocketAddr,
+    src: &str,
+    dest: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value, usize) {
+    for asked in 1..=600 {
+        let (status, body) = ask(addr, src, dest, token).await;
+        if status != 504 {
+            return (status, body, asked);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the delta was not ready after 600 requests");
+}
+
+#[tokio::test]
+async fn a_device_polls_pulls_and_applies_the_delta() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let key = TestKey::generate();
+    let verifier = Verifier::from_pem(key.public_pem.as_bytes()).unwrap();
+    // No long-poll: the first answer is 504 while the build starts.
+    let (addr, server, _store) = start(&images, Auth::Jwt(verifier), Duration::ZERO).await;
+    let token = key.sign(&claims(
+        &images.registry,
+        &[&images.dest_repo, &images.src_repo],
+        now() + 600,
+    ));
+
+    let (status, _) = ask(addr, &images.src, &images.dest, Some(&token)).await;
+    assert_eq!(status, 504);
+    let (status, body, _) = poll_until_ready(addr, &images.src, &images.dest, Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let name = body["name"].as_str().unwrap();
+    let prefix = format!("{}/{}:delta-", images.registry, images.dest_repo);
+    let suffix = name
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{name}"));
+    assert!(
+        suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{name}"
+    );
+
+    // The device pulls `name` and applies it on top of its current image.
+    let opts = &images.opts;
+    let source = open_source(&images.src.parse().unwrap(), opts)
+        .await
+        .unwrap();
+    let delta = open_source(&name.parse().unwrap(), opts).await.unwrap();
+    let target = open_source(&images.dest.parse().unwrap(), opts)
+        .await
+        .unwrap();
+    let target = target.image().await.unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out: ImageReference = format!("oci:{}:rebuilt", out_dir.path().display())
+        .parse()
+        .unwrap();
+    let sink = open_sink(&out, opts).await.unwrap();
+    let applied = bru_delta::apply(
+        &*source,
+        &*delta,
+        &*sink,
+        &ApplyOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied.image_id, target.config_digest);
+    let diff_ids: Vec<_> = applied.layers.iter().map(|l| l.diff_id.clone()).collect();
+    assert_eq!(diff_ids, target.config.diff_ids);
+
+    // Asked again: ready at once, same name, still one build.
+    let (status, again) = ask(addr, &images.src, &images.dest, Some(&token)).await;
+    assert_eq!((status, again["name"].as_str()), (200, Some(name)));
+    assert_eq!(server.backend().builder().builds_started(), 1);
+    let (status, metrics) = get_text(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("bru_delta_builds_started_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bru_delta_builds_succeeded_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bru_delta_builds_failed_total 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bru_delta_requests_total{status=\"200\"} 2\n"),
+        "{metrics}"
+    );
+    let saved: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bru_delta_bytes_saved_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(saved > 0, "{metrics}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_build_once_and_ids_work_without_auth() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let (addr, server, _store) = start(&images, Auth::None, Duration::from_secs(5)).await;
+    let answers = futures_join(addr, &images.src, &images.dest, 30).await;
+    for (status, body) in &answers {
+        assert!(*status == 200 || *status == 504, "{status} {body}");
+    }
+    let (status, body, _) = poll_until_ready(addr, &images.src, &images.dest, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.backend().builder().builds_started(), 1);
+    let (_, metrics) = get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains("bru_delta_builds_started_total 1\n"),
+        "{metrics}"
+    );
+
+    // The two images were recorded once each; their store ids name the same delta.
+    let releases = server.backend().store().list_releases(None).await.unwrap();
+    assert_eq!(releases.len(), 2, "{releases:?}");
+    let id_of = |repo: &str| {
+        releases
+            .iter()
+            .flat_map(|r| &r.images)
+            .find(|i| i.location.contains(repo))
+            .unwrap()
+            .id
+    };
+    let (src_id, dest_id) = (id_of(&images.src_repo), id_of(&images.dest_repo));
+    let (status, by_id) = ask(addr, &src_id.to_string(), &dest_id.to_string(), None).await;
+    assert_eq!((status, &by_id), (200, &body));
+    let (status, _) = ask(addr, "999999", &dest_id.to_string(), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(server.backend().builder().builds_started(), 1);
+
+    let (status, text) = get_text(addr, "/healthz").await;
+    assert_eq!((status, text.trim()), (200, "ok"));
+}
+
+async fn futures_join(
+    addr: SocketAddr,
+    src: &str,
+    dest: &str,
+    n: usize,
+) -> Vec<(u16, serde_json::Value)> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (src, dest) = (src.to_string(), dest.to_string());
+        set.spawn(async move { ask(addr, &src, &dest, None).await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn refusals_get_their_documented_status() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let key = TestKey::generate();
+    let other_key = TestKey::generate();
+    let verifier = Verifier::from_pem(key.public_pem.as_bytes()).unwrap();
+    let (addr, server, _store) = start(&images, Auth::Jwt(verifier), Duration::ZERO).await;
+    let both = [images.src_repo.as_str(), images.dest_repo.as_str()];
+    let good = key.sign(&claims(&images.registry, &both, now() + 600));
+
+    // A registry that is not allowed is never contacted.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_ref = format!("{}/v2/evil:latest", trap.local_addr().unwrap());
+    let (status, body) = ask(addr, &images.src, &trap_ref, Some(&good)).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = ask(addr, &trap_ref, &images.dest, Some(&good)).await;
+    assert_eq!(status, 403);
+    assert!(trap
+        .accept()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock));
+
+    for (src, dest) in [
+        ("", images.dest.as_str()),
+        (images.src.as_str(), "reg.example/UPPER:x"),
+        (images.src.as_str(), "oci:/etc:x"),
+        (images.src.as_str(), "reg.example/app@sha256:short"),
+    ] {
+        let (status, body) = ask(addr, src, dest, Some(&good)).await;
+        assert_eq!(status, 400, "{src} {dest} {body}");
+    }
+
+    let expired = key.sign(&claims(&images.registry, &both, now() - 3600));
+    let forged = other_key.sign(&claims(&images.registry, &both, now() + 600));
+    let wrong_aud = key.sign(&claims("other.registry:5000", &both, now() + 600));
+    let mut not_yet = claims(&images.registry, &both, now() + 600);
+    not_yet["nbf"] = serde_json::json!(now() + 3600);
+    let not_yet = key.sign(&not_yet);
+    for token in [
+        None,
+        Some("not-a-jwt"),
+        Some(&*expired),
+        Some(&*forged),
+        Some(&*wrong_aud),
+        Some(&*not_yet),
+    ] {
+        let (status, body) = ask(addr, &images.src, &images.dest, token).await;
+        assert_eq!(status, 401, "{token:?} {body}");
+    }
+
+    // Signed and current, but no pull on the source repository (balena's API issues such
+    // tokens with empty actions for denied scopes).
+    let mut no_src = claims(&images.registry, &[&images.dest_repo], now() + 600);
+    no_src["access"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "repository", "name": images.src_repo, "actions": []}));
+    let (status, body) = ask(addr, &images.src, &images.dest, Some(&key.sign(&no_src))).await;
+    assert_eq!(status, 403, "{body}");
+
+    // Nothing was built or recorded for any refused request.
+    assert_eq!(server.backend().builder().builds_started(), 0);
+    assert!(server
+        .backend()
+        .store()
+        .list_releases(None)
+        .await
+        .unwrap()
+        .is_empty());
+    let (_, metrics) = get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains("bru_delta_requests_total{status=\"401\"} 6\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bru_delta_requests_total{status=\"403\"} 3\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_503_and_a_missing_image_404() {
+    let registry = TestRegistry::shared();
+    let mut images = push_images(&registry).await;
+    let (addr, _server, _store) = start(&images, Auth::None, Duration::ZERO).await;
+    let missing = format!("{}/{}:no-such-tag", images.registry, images.dest_repo);
+    let (status, body) = ask(addr, &images.src, &missing, None).await;
+    assert_eq!(status, 404, "{body}");
+
+    // An allowed registry that is down.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_addr = down.local_addr().unwrap().to_string();
+    drop(down);
+    images.opts.insecure.push(down_addr.clone());
+    images.registry = down_addr.clone();
+    let (addr, _server, _store) = start(&images, Auth::None, Duration::ZERO).await;
+    let (status, body) = ask(
+        addr,
+        &format!("{down_addr}/v2/a:1"),
+        &format!("{down_addr}/v2/b:2"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+}
