@@ -137,6 +137,51 @@ mod tests {
         assert!(claims(r#"{"aud":["x","reg"]}"#).audience_allows("reg"));
     }
 
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn rsa_keys_verify_rs256_tokens() {
+        let verifier =
+            Verifier::from_pem(include_bytes!("../tests/keys/rsa-test-public.pem")).unwrap();
+        assert_eq!(verifier.algorithm(), Algorithm::RS256);
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!(
+            "../tests/keys/rsa-test-private.pem"
+        ))
+        .unwrap();
+        let claims = serde_json::json!({"exp": unix_now() + 60, "aud": "reg",
+            "access": [{"type": "repository", "name": "v2/a", "actions": ["pull"]}]});
+        let header = jsonwebtoken::Header::new(Algorithm::RS256);
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let verified = verifier.verify(&token).unwrap();
+        assert!(verified.grants_pull("v2/a") && verified.audience_allows("reg"));
+
+        // A token without exp, one signed with HS256 over the public key, and an unsigned
+        // one are refused.
+        let no_exp =
+            jsonwebtoken::encode(&header, &serde_json::json!({"aud": "reg"}), &key).unwrap();
+        assert!(verifier.verify(&no_exp).is_err());
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(include_bytes!(
+                "../tests/keys/rsa-test-public.pem"
+            )),
+        )
+        .unwrap();
+        assert!(verifier.verify(&hs).is_err());
+        let b64 = |s: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+        };
+        let unsigned = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(&claims.to_string()));
+        assert!(verifier.verify(&unsigned).is_err());
+    }
+
     #[test]
     fn keys_that_are_not_public_keys_are_refused() {
         assert!(matches!(
