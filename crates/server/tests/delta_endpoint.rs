@@ -471,3 +471,68 @@ async fn an_unreachable_registry_is_503_and_a_missing_image_404() {
     .await;
     assert_eq!(status, 503, "{body}");
 }
+
+#[tokio::test]
+async fn a_failed_build_is_422_and_remembered() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let (addr, server, _store) = start(&images, Auth::None, Duration::ZERO).await;
+    // Two store images in an OCI layout that disappears before the build reads it.
+    let layout_dir = tempfile::tempdir().unwrap();
+    let layout = OciDir::create(layout_dir.path()).unwrap();
+    for (tag, byte) in [("v1", 1u8), ("v2", 2u8)] {
+        let spec = ImageSpec::new(vec![tar_of(&[("f", &[byte; 100])])]);
+        layout.write_image(tag, &spec).unwrap();
+    }
+    let mut ids = Vec::new();
+    for (commit, tag) in [("aaaa01", "v1"), ("aaaa02", "v2")] {
+        let reference = format!("oci:{}:{tag}", layout_dir.path().display());
+        let release = server
+            .backend()
+            .add_release("gone", commit, &[("main".into(), reference)])
+            .await
+            .unwrap();
+        ids.push(release.images[0].id.to_string());
+    }
+    drop(layout_dir);
+
+    let (status, body, _) = poll_until_ready(addr, &ids[0], &ids[1], None).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("build failed"),
+        "{body}"
+    );
+    // Asked again: the failure is remembered, not rebuilt.
+    let (status, _) = ask(addr, &ids[0], &ids[1], None).await;
+    assert_eq!(status, 422);
+    assert_eq!(server.backend().builder().builds_started(), 1);
+    let (_, metrics) = get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains("bru_delta_builds_failed_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bru_delta_builds_succeeded_total 0\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let store = tempfile::tempdir().unwrap();
+    let server = Server::open(ServerConfig::new(store.path(), Auth::None))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    assert_eq!(get_text(addr, "/healthz").await.0, 200);
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+    assert!(reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .is_err());
+}
