@@ -26,7 +26,7 @@
 //! | 403 | a registry not on the allow list; the token's `access` lacks `pull` on either repository; with auth, a store image that is not on a registry | falls back |
 //! | 404 | an image id unknown to the store, or an image the registry does not have | falls back |
 //! | 422 | the build failed (the error is remembered and the pair is not retried until the cool-down ends), or the image cannot be used | falls back |
-//! | 503 | the registry is unreachable or answers 5xx while the images are resolved | retries later |
+//! | 503 | the registry is unreachable, answers 5xx, or does not answer within the budget while the images are resolved | retries later |
 //! | 504 | the delta is still being built (the build continues) | retries soon, no back-off |
 //! | 500 | the store failed | retries later |
 //!
@@ -37,6 +37,24 @@
 //! is required, `nbf` is checked when present (10 s leeway), `aud` must name the destination
 //! registry when present, and `access` must grant `pull` on both repositories
 //! (`{"type":"repository","name":"<repo path without host>","actions":["pull"]}`).
+//!
+//! # Running next to openBalena
+//!
+//! * Devices: set `deltaEndpoint` in `config.json` to this server's URL, and the fleet
+//!   configuration variables `BALENA_SUPERVISOR_DELTA=1` and
+//!   `BALENA_SUPERVISOR_DELTA_VERSION=3`.
+//! * Tokens: give `--jwt-public-key` the public half of the key the API signs registry
+//!   tokens with (the key the registry verifies them with); devices send those tokens.
+//! * Registry: `--allow-registry` names the openBalena registry. The server reads both
+//!   images and pushes the delta into the destination repository, so it needs pull and push
+//!   credentials there (`auths` of the Docker client config, as for every registry access of
+//!   this program).
+//!
+//! # Standalone
+//!
+//! With `--no-auth` on a trusted network, `release add --store DIR` records releases and
+//! `GET /api/v3/delta?src=<image id>&dest=<image id>` builds deltas between store images,
+//! including OCI layouts (the answer is then an `oci:` location on the server's disk).
 #![deny(missing_docs)]
 
 mod auth;
@@ -272,7 +290,8 @@ async fn delta(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let response = match answer(&state, query.as_deref().unwrap_or(""), &headers).await {
+    let started = tokio::time::Instant::now();
+    let response = match answer(&state, query.as_deref().unwrap_or(""), &headers, started).await {
         Ok(name) => (StatusCode::OK, Json(serde_json::json!({ "name": name }))).into_response(),
         Err(e) => {
             if e.status.is_server_error() && e.status != StatusCode::GATEWAY_TIMEOUT {
@@ -293,7 +312,12 @@ struct Side {
     registry: Option<RegistryReference>,
 }
 
-async fn answer(state: &AppState, query: &str, headers: &HeaderMap) -> Result<String, ApiError> {
+async fn answer(
+    state: &AppState,
+    query: &str,
+    headers: &HeaderMap,
+    started: tokio::time::Instant,
+) -> Result<String, ApiError> {
     let (src, dest) = query::parse_query(query).map_err(|m| ApiError::new(400, m))?;
     let claims = match &state.config.auth {
         Auth::None => None,
@@ -351,9 +375,17 @@ async fn answer(state: &AppState, query: &str, headers: &HeaderMap) -> Result<St
             }
         }
     }
-    let src = resolve(state, &src, src_known).await?;
-    let dest = resolve(state, &dest, dest_known).await?;
-    wait_for_delta(state, &src.image, &dest.image).await
+    // A slow registry must not hold the device past the budget either.
+    let sides = async {
+        let src = resolve(state, &src, src_known).await?;
+        let dest = resolve(state, &dest, dest_known).await?;
+        Ok::<_, ApiError>((src, dest))
+    };
+    let (src, dest) = tokio::time::timeout_at(started + MAX_POLL, sides)
+        .await
+        .map_err(|_| ApiError::new(503, "the registry did not answer in time"))??;
+    let deadline = started + state.config.poll.min(MAX_POLL);
+    wait_for_delta(state, &src.image, &dest.image, deadline).await
 }
 
 fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<auth::Claims, ApiError> {
@@ -417,11 +449,12 @@ async fn resolve(
     }
 }
 
-/// Asks for the delta and long-polls it within the budget.
+/// Asks for the delta and long-polls it until `deadline`.
 async fn wait_for_delta(
     state: &AppState,
     src: &ImageRecord,
     dest: &ImageRecord,
+    deadline: tokio::time::Instant,
 ) -> Result<String, ApiError> {
     if src.id == dest.id {
         return Err(ApiError::new(
@@ -429,7 +462,6 @@ async fn wait_for_delta(
             "source and destination are the same image",
         ));
     }
-    let deadline = tokio::time::Instant::now() + state.config.poll.min(MAX_POLL);
     loop {
         match state.backend.request(src.id, dest.id).await {
             Ok(DeltaRequest::Ready(row)) => {
