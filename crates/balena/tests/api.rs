@@ -221,7 +221,11 @@ async fn http_errors_become_request_errors() {
         ),
     ];
     for (f, message, status) in cases {
-        s.fake.state().faults = vec![f];
+        // Persistent, so requests of the previous case still in flight cannot use it up.
+        s.fake.state().faults = vec![Fault {
+            times: usize::MAX,
+            ..f
+        }];
         let e = error_of(&s, FROM_ID, TO_ID).await;
         assert_eq!(e.to_string(), message);
         assert!(matches!(e, Error::Request { status: st, .. } if st == status));
@@ -241,8 +245,14 @@ async fn malformed_responses_are_reported() {
         (r#""text""#, "Response was not a JSON object: 'string'"),
         (r#"{"d":[{"id":"x"}]}"#, "unexpected response shape"),
     ];
+    // Every image request gets the bad body: requests of the previous case that were still in
+    // flight when it failed must not use up this case's fault.
+    let always = |body: &str| Fault {
+        times: usize::MAX,
+        ..fault("/v7/image(", 200, "application/json", body)
+    };
     for (body, message) in cases {
-        s.fake.state().faults = vec![fault("/v7/image(", 200, "application/json", body)];
+        s.fake.state().faults = vec![always(body)];
         let e = error_of(&s, FROM_ID, TO_ID).await;
         assert!(matches!(e, Error::InvalidResponse { .. }), "{e:?}");
         assert!(e.to_string().starts_with(message), "{e}");
@@ -251,7 +261,7 @@ async fn malformed_responses_are_reported() {
         r#"{{"d":[{0},{0}]}}"#,
         json!({"id":1,"is_stored_at__image_location":"x","content_hash":null,"image_size":1})
     );
-    s.fake.state().faults = vec![fault("/v7/image(", 200, "application/json", &two)];
+    s.fake.state().faults = vec![always(&two)];
     let e = error_of(&s, FROM_ID, TO_ID).await;
     assert_eq!(
         e.to_string(),
