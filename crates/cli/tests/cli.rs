@@ -424,7 +424,7 @@ fn api_errors_print_the_original_messages() {
     env.fake.state().faults = vec![Fault {
         path_prefix: "/v7/image(",
         skip: 0,
-        times: 1,
+        times: usize::MAX, // persistent: a late request of the previous run cannot use it up
         status: 500,
         content_type: "text/plain",
         body: "Internal Server Error".into(),
@@ -434,7 +434,7 @@ fn api_errors_print_the_original_messages() {
     env.fake.state().faults = vec![Fault {
         path_prefix: "/v7/delta",
         skip: 0,
-        times: 1,
+        times: usize::MAX, // persistent: a late request of the previous run cannot use it up
         status: 200,
         content_type: "application/json",
         body: r#"{"results":[]}"#.into(),
