@@ -10,6 +10,11 @@
 //!   store the first time they are seen (see the `images` module notes in the source).
 //!   The answer comes within the long-poll budget (20 s by default, never more than 24 s;
 //!   devices time out after 30 s or 59 s).
+//! * `GET /v7/release(ID)`, `/v7/release?$filter=startswith(commit,'…')…`, `/v7/image(ID)`,
+//!   `/v7/delta?$filter=version eq 3 and originates_from__image eq A and produces__image eq B…`:
+//!   the subset of balena's pine API the release-update clients read (`{"d": [...]}`), so
+//!   they can use this server as their API. Served with `--no-auth` only (401 otherwise);
+//!   other query shapes are 400.
 //! * `GET /healthz`: 200 `ok`.
 //! * `GET /metrics`: Prometheus counters: answers by status, builds started, succeeded and
 //!   failed, build seconds, and bytes saved against full pulls.
@@ -60,6 +65,7 @@
 mod auth;
 mod images;
 mod metrics;
+mod pine;
 mod query;
 
 use std::path::PathBuf;
@@ -188,6 +194,7 @@ impl Server {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/v3/delta", get(delta))
+            .route("/v7/{resource}", get(pine_read))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics_text))
             .with_state(Arc::clone(&self.state))
@@ -283,6 +290,22 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+async fn pine_read(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(resource): axum::extract::Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Auth::Jwt(_) = state.config.auth {
+        // Registry tokens are for devices; the read API is for a trusted network.
+        return ApiError::new(401, "the pine read API is served with --no-auth only")
+            .into_response();
+    }
+    match pine::answer(&state, &resource, query.as_deref().unwrap_or("")).await {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn delta(

@@ -51,7 +51,7 @@ fn parse_one(key: &str, value: &str) -> Result<Requested, String> {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
