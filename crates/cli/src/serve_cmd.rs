@@ -12,6 +12,7 @@ use clap::Args;
 pub const STATUS_CODES: &str = "\
 Endpoints:
   GET /api/v3/delta?src=REF&dest=REF   REF: HOST[:PORT]/REPO[:TAG][@sha256:...] (unencoded) or a store image id
+  GET /v7/release, /v7/image, /v7/delta the pine read subset the release-update clients use (--no-auth only)
   GET /healthz                          200 ok
   GET /metrics                          Prometheus counters
 
