@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Seconds a request waits for a running build before answering 504 (at most 24).
     #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     poll_seconds: u64,
+    /// A build whose heartbeat is older than this is taken over (its server died).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    stale_seconds: u64,
 }
 
 /// Runs the server on its own multi-threaded runtime until SIGINT or SIGTERM.
@@ -82,6 +85,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.registry.insecure = args.insecure;
     config.allowed_registries = args.allow;
     config.poll = poll;
+    if args.stale_seconds == 0 {
+        bail!("--stale-seconds must be at least 1");
+    }
+    config.policy.stale_after = Duration::from_secs(args.stale_seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,6 +4,7 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_balena-release-update");
 
@@ -90,4 +91,175 @@ fn serves_and_stops_on_sigterm() {
         .read_to_string(&mut stdout)
         .unwrap();
     assert_eq!(stdout, "");
+}
+
+/// Starts `serve` and returns it with its address (read from its log on stderr).
+fn spawn_server(args: &[&str], store: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        .arg(store)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no serving line");
+        if let Some((_, rest)) = line.split_once("addr=") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, addr)
+}
+
+/// A plain HTTP/1.1 GET: the status and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Copies an image blob by blob between two references.
+async fn copy(from: &str, to: &str, opts: &bru_oci::RegistryOptions) {
+    let (from, to): (bru_oci::ImageReference, bru_oci::ImageReference) =
+        (from.parse().unwrap(), to.parse().unwrap());
+    let src = bru_oci::open_source(&from, opts).await.unwrap();
+    let sink = bru_oci::open_sink(&to, opts).await.unwrap();
+    let image = src.image().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for desc in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
+        let mut r = src.blob(desc).await.unwrap();
+        let path = dir.path().join(desc.digest.hex());
+        let mut f = tokio::fs::File::create(&path).await.unwrap();
+        tokio::io::copy(&mut r, &mut f).await.unwrap();
+        sink.put_blob(&path, desc).await.unwrap();
+    }
+    sink.put_manifest(&image.manifest_bytes, &image.manifest_media_type)
+        .await
+        .unwrap();
+    sink.finish().await.unwrap();
+}
+
+/// `kill -9` right after a build starts: no partial delta is visible under the delta's
+/// tag, and the next server on the store takes the build over and completes it.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_killed_build_leaves_no_partial_delta_and_is_taken_over() {
+    use bru_oci::{open_source, tar_of, ImageSpec, OciDir, RegistryOptions};
+    use bru_service::{delta_tag, DeltaStatus, SqliteStore, Store as _, DELTA_VERSION};
+
+    let registry = bru_test_support::TestRegistry::shared();
+    let mut opts = RegistryOptions::default();
+    opts.insecure = vec![registry.addr.clone()];
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = OciDir::create(tmp.path().join("images")).unwrap();
+    let noise = |seed: u64, len: usize| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    let app1 = noise(7, 1 << 20);
+    let mut app2 = app1.clone();
+    app2[5000..5010].copy_from_slice(b"0123456789");
+    let repo = bru_test_support::unique_repo("v2/killed");
+    let mut refs = Vec::new();
+    for (tag, app) in [("v1", app1), ("v2", app2)] {
+        let spec = ImageSpec::new(vec![tar_of(&[("app/bin", &app)])]);
+        layout.write_image(tag, &spec).unwrap();
+        let to = format!("{}/{repo}:{tag}", registry.addr);
+        copy(
+            &format!("oci:{}:{tag}", tmp.path().join("images").display()),
+            &to,
+            &opts,
+        )
+        .await;
+        refs.push(to);
+    }
+    let store = tmp.path().join("store");
+    let args = [
+        "--no-auth",
+        "--poll-seconds",
+        "0",
+        "--stale-seconds",
+        "1",
+        "--allow-registry",
+        &registry.addr,
+        "--insecure-registry",
+        &registry.addr,
+    ];
+    let query = format!("/api/v3/delta?src={}&dest={}", refs[0], refs[1]);
+
+    let (mut first, addr) = spawn_server(&args, &store);
+    let (status, body) = http_get(&addr, &query);
+    assert_eq!(status, 504, "{body}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Whatever the build had done, the tag shows a complete delta or nothing.
+    let db = SqliteStore::open(store.join("state/store.sqlite"))
+        .await
+        .unwrap();
+    let releases = db.list_releases(None).await.unwrap();
+    assert_eq!(releases.len(), 2);
+    let (src, dest) = (&releases[0].images[0], &releases[1].images[0]);
+    let tag = delta_tag(&src.content_hash, &dest.content_hash);
+    let delta_ref = format!("{}/{repo}:{tag}", registry.addr);
+    let row = db
+        .newest_delta(src.id, dest.id, DELTA_VERSION)
+        .await
+        .unwrap()
+        .unwrap();
+    let visible = match open_source(&delta_ref.parse().unwrap(), &opts).await {
+        Ok(source) => source.image().await.is_ok(),
+        Err(_) => false,
+    };
+    assert_eq!(visible, row.status == DeltaStatus::Success, "{row:?}");
+    drop(db);
+
+    // The next server takes the abandoned build over once its heartbeat is stale.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (mut second, addr) = spawn_server(&args, &store);
+    let mut answer = (504, String::new());
+    for _ in 0..300 {
+        answer = http_get(&addr, &query);
+        if answer.0 != 504 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert!(answer.1.contains(&delta_ref), "{}", answer.1);
+    let delta = open_source(&delta_ref.parse().unwrap(), &opts)
+        .await
+        .unwrap();
+    let info = bru_delta::inspect(&*delta).await.unwrap();
+    assert!(info.download_bytes < dest.image_size);
+    second.kill().unwrap();
+    second.wait().unwrap();
 }

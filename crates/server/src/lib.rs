@@ -172,6 +172,9 @@ impl Server {
         let mut builder = BuilderConfig::new(config.store_dir.join("state").join("deltas"));
         builder.registry = config.registry.clone();
         builder.progress = Some(Arc::new(BuildHook(Arc::clone(&metrics))));
+        // Heartbeat well within the stale limit, so live builds are never taken over.
+        builder.heartbeat_interval = (config.policy.stale_after / 3)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
         let backend = Embedded::open(&config.store_dir, builder, config.policy)
             .await
             .map_err(ServerError::Store)?;
