@@ -21,7 +21,11 @@
 //!
 //! # Status codes of `/api/v3/delta`
 //!
-//! Checks run in this order; nothing touches the network before the allow-list check.
+//! Checks run in this order: the query (400), the token's signature and times (401), the
+//! allow list (403), store image ids (404), the token's audience (401) and access (403),
+//! reading the images (404, 422, 503), then the build (200, 422, 504). Nothing touches the
+//! network before the allow list has passed. Store image ids are not subject to the allow
+//! list: their locations were recorded by the operator.
 //!
 //! | status | when | device reaction |
 //! |---|---|---|
