@@ -312,7 +312,7 @@ async fn concurrent_requests_build_once_and_ids_work_without_auth() {
     let registry = TestRegistry::shared();
     let images = push_images(&registry).await;
     let (addr, server, _store) = start(&images, Auth::None, Duration::from_secs(5)).await;
-    let answers = futures_join(addr, &images.src, &images.dest, 30).await;
+    let answers = futures_join(addr, &images.src, &images.dest, 50).await;
     for (status, body) in &answers {
         assert!(*status == 200 || *status == 504, "{status} {body}");
     }
