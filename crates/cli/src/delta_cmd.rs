@@ -106,15 +106,7 @@ impl RegistryArgs {
     fn options(&self) -> anyhow::Result<RegistryOptions> {
         let mut opts = RegistryOptions::default();
         opts.insecure = self.insecure.clone();
-        if let Some(creds) = &self.creds {
-            let Some((username, password)) = creds.split_once(':') else {
-                bail!("--creds must be USER:PASSWORD");
-            };
-            opts.credentials = Some(Credentials {
-                username: username.to_owned(),
-                password: password.to_owned(),
-            });
-        }
+        opts.credentials = self.creds.as_deref().map(parse_creds).transpose()?;
         let parts: Vec<&str> = self.platform.split('/').collect();
         opts.platform = match parts.as_slice() {
             [os, arch] => Platform {
@@ -134,6 +126,17 @@ impl RegistryArgs {
         };
         Ok(opts)
     }
+}
+
+/// Parses `USER:PASSWORD` registry credentials (`--creds`).
+pub(crate) fn parse_creds(creds: &str) -> anyhow::Result<Credentials> {
+    let Some((username, password)) = creds.split_once(':') else {
+        bail!("--creds must be USER:PASSWORD");
+    };
+    Ok(Credentials {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    })
 }
 
 fn format_for(output: &ImageReference, flavour: Option<ManifestFlavour>) -> Format {

@@ -46,6 +46,15 @@ pub struct ServeArgs {
     /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure: Vec<String>,
+    /// Registry credentials USER:PASSWORD for pulling images and pushing deltas
+    /// [default: ~/.docker/config.json].
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "BRU_REGISTRY_CREDS",
+        hide_env_values = true
+    )]
+    creds: Option<String>,
     /// A registry images may be read from and deltas written to (HOST:PORT exactly, or HOST
     /// on any port); repeatable. Requests naming any other registry get 403.
     #[arg(long = "allow-registry", value_name = "HOST[:PORT]")]
@@ -74,6 +83,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (None, true) => Auth::None,
         _ => bail!("give --jwt-public-key FILE, or --no-auth to accept requests without a token"),
     };
+    let credentials = args
+        .creds
+        .as_deref()
+        .map(crate::delta_cmd::parse_creds)
+        .transpose()?;
     let poll = Duration::from_secs(args.poll_seconds);
     if poll > MAX_POLL {
         bail!("--poll-seconds must be at most {}", MAX_POLL.as_secs());
@@ -83,6 +97,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut config = ServerConfig::new(&args.store, auth);
     config.registry.insecure = args.insecure;
+    config.registry.credentials = credentials;
     config.allowed_registries = args.allow;
     config.poll = poll;
     if args.stale_seconds == 0 {

@@ -42,6 +42,31 @@ fn refuses_to_start_without_an_auth_choice() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unusable public key"));
 }
 
+#[test]
+fn refuses_malformed_registry_credentials() {
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-auth",
+            "--creds",
+            "no-colon",
+            "--store",
+        ])
+        .arg(store.path())
+        .env_remove("BRU_REGISTRY_CREDS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("ERROR: ") && stderr.contains("USER:PASSWORD"),
+        "{stderr}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn serves_and_stops_on_sigterm() {
