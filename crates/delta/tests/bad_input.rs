@@ -43,6 +43,19 @@ fn handmade_delta(pair: &Pair, tag: &str, base: &str, layers: Vec<Vec<u8>>) {
     oci.write_image(tag, &spec).unwrap();
 }
 
+/// Writes a hand-made delta for the pair's source (tag `bad`) and applies it; returns the error.
+async fn apply_handmade(pair: &Pair, layers: Vec<Vec<u8>>) -> DeltaError {
+    let base = pair.source.config.digest.to_string();
+    handmade_delta(pair, "bad", &base, layers);
+    apply(
+        &pair.reference("source"),
+        &pair.reference("bad"),
+        &pair.out("applied"),
+    )
+    .await
+    .unwrap_err()
+}
+
 fn delta_tar(stream: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     bru_delta::layer::write_delta_tar(stream, stream.len() as u64, &mut out).unwrap();
@@ -169,20 +182,11 @@ async fn out_of_range_copy_is_rejected() {
     let mut w = DeltaWriter::new(Vec::new()).unwrap();
     w.copy(basis_len - 10, 20).unwrap();
     let stream = w.finish().unwrap();
-    let base = pair.source.config.digest.to_string();
-    handmade_delta(
+    let err = apply_handmade(
         &pair,
-        "bad",
-        &base,
         vec![bru_delta::layer::EMPTY_TAR.to_vec(), delta_tar(&stream)],
-    );
-    let err = apply(
-        &pair.reference("source"),
-        &pair.reference("bad"),
-        &pair.out("applied"),
     )
-    .await
-    .unwrap_err();
+    .await;
     match err {
         DeltaError::Patch {
             index: 1,
@@ -205,20 +209,11 @@ async fn out_of_range_copy_is_rejected() {
 async fn bogus_opcode_is_rejected() {
     let pair = pair();
     let stream = [0x72, 0x73, 0x02, 0x36, 0x60, 0x00];
-    let base = pair.source.config.digest.to_string();
-    handmade_delta(
+    let err = apply_handmade(
         &pair,
-        "bad",
-        &base,
         vec![bru_delta::layer::EMPTY_TAR.to_vec(), delta_tar(&stream)],
-    );
-    let err = apply(
-        &pair.reference("source"),
-        &pair.reference("bad"),
-        &pair.out("applied"),
     )
-    .await
-    .unwrap_err();
+    .await;
     assert!(
         matches!(
             err,
@@ -237,20 +232,7 @@ async fn bogus_opcode_is_rejected() {
 #[tokio::test]
 async fn wrong_layer_count_is_rejected_like_the_engine_does() {
     let pair = pair();
-    let base = pair.source.config.digest.to_string();
-    handmade_delta(
-        &pair,
-        "bad",
-        &base,
-        vec![bru_delta::layer::EMPTY_TAR.to_vec()],
-    );
-    let err = apply(
-        &pair.reference("source"),
-        &pair.reference("bad"),
-        &pair.out("applied"),
-    )
-    .await
-    .unwrap_err();
+    let err = apply_handmade(&pair, vec![bru_delta::layer::EMPTY_TAR.to_vec()]).await;
     assert!(
         matches!(
             err,
@@ -274,20 +256,11 @@ async fn valid_stream_with_wrong_content_fails_the_diff_id_check() {
     let mut w = DeltaWriter::new(Vec::new()).unwrap();
     w.literal(b"not the target layer").unwrap();
     let stream = w.finish().unwrap();
-    let base = pair.source.config.digest.to_string();
-    handmade_delta(
+    let err = apply_handmade(
         &pair,
-        "bad",
-        &base,
         vec![bru_delta::layer::EMPTY_TAR.to_vec(), delta_tar(&stream)],
-    );
-    let err = apply(
-        &pair.reference("source"),
-        &pair.reference("bad"),
-        &pair.out("applied"),
     )
-    .await
-    .unwrap_err();
+    .await;
     match err {
         DeltaError::RebuiltMismatch {
             index: 1, expected, ..
@@ -300,16 +273,8 @@ async fn valid_stream_with_wrong_content_fails_the_diff_id_check() {
 #[tokio::test]
 async fn empty_tar_where_a_delta_is_needed_is_rejected() {
     let pair = pair();
-    let base = pair.source.config.digest.to_string();
     let empty = bru_delta::layer::EMPTY_TAR.to_vec();
-    handmade_delta(&pair, "bad", &base, vec![empty.clone(), empty]);
-    let err = apply(
-        &pair.reference("source"),
-        &pair.reference("bad"),
-        &pair.out("applied"),
-    )
-    .await
-    .unwrap_err();
+    let err = apply_handmade(&pair, vec![empty.clone(), empty]).await;
     assert!(
         matches!(
             err,
