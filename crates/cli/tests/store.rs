@@ -2,34 +2,13 @@
 //! `--store` on a copy of the demo fleet (offline: report, then --wait builds the deltas).
 
 use std::path::Path;
-use std::process::Command;
 
 use bru_oci::{tar_of, ImageSpec, OciDir};
 use serde_json::Value;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+mod bin_support;
 
-fn run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_balena-release-update"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the binary");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn json(run: &Run) -> Value {
-    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
-}
+use bin_support::{json, run, Run};
 
 fn error(run: &Run) -> String {
     assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
