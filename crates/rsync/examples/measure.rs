@@ -2,7 +2,7 @@
 //!
 //! usage: measure BASIS_TAR [BASIS_TAR...] -- TARGET_TAR [TARGET_TAR...] [--no-hints | --whole-hint | --hints-file F] [--rdiff]
 //!        [--out DIR (save deltas)] [--window N] [--spacing N] [--min-copy N] [--min-rep N] [--hint-window N]
-//!        [--max-chain N] [--threads N] [--chunk N]
+//!        [--max-chain N] [--threads N] [--chunk N] [--bandwidth MBPS (device-aware)]
 //!
 //! The basis is the concatenation of the BASIS_TARs (as balena-engine builds it). For every target
 //! layer it prints raw and gzip -6 delta bytes, op counts and seconds, checks the round trip with
@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
 
-use bru_rsync::{diff, patch, tar, BasisIndex, MatchOptions};
+use bru_rsync::{diff_with_layout, patch, tar, BasisIndex, BasisLayout, DeviceCost, MatchOptions};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
@@ -49,6 +49,10 @@ fn main() {
             "--hint-positions" => opts.max_hint_positions = num(),
             "--chunk" => opts.chunk_size = num(),
             "--index-mb" => opts.max_index_bytes = num() << 20,
+            "--bandwidth" => {
+                let b = it.next().expect("MBPS").parse().expect("bandwidth");
+                opts.device = Some(DeviceCost::for_bandwidth(b));
+            }
             f if in_target => target_files.push(f.to_string()),
             f => basis_files.push(f.to_string()),
         }
@@ -62,6 +66,7 @@ fn main() {
         std::io::Read::read_to_end(&mut std::fs::File::open(f).expect("open basis"), &mut basis)
             .expect("read basis");
     }
+    let layout = BasisLayout::from_entries(&tar::entries(&basis));
     let t0 = Instant::now();
     let index = BasisIndex::new(&basis, opts.clone());
     let index_s = t0.elapsed().as_secs_f64();
@@ -103,7 +108,7 @@ fn main() {
         };
         let hint_s = t1.elapsed().as_secs_f64();
         let mut delta = Vec::new();
-        let stats = diff(&index, &target, &hints, &mut delta).expect("diff");
+        let stats = diff_with_layout(&index, &target, &hints, &layout, &mut delta).expect("diff");
         let diff_s = t1.elapsed().as_secs_f64();
         let mut gz = GzEncoder::new(Vec::new(), Compression::new(6));
         gz.write_all(&delta).unwrap();
@@ -152,11 +157,62 @@ fn main() {
             stats.delta_bytes, gz.len(), stats.copy_ops, stats.copy_bytes, stats.literal_ops,
             stats.literal_bytes, hints.len(), diff_s - hint_s, gz_s - diff_s
         );
+        let (cmds, copies, reads, opens) = device_counts(&delta, &layout);
+        println!(
+            "  device model: {cmds} commands, {copies} copies, {reads} reads, {opens} opens; \
+             T(0.1/1/10 MB/s, common floor excluded) = {:.2} / {:.3} / {:.4} s",
+            model_t(gz.len(), cmds, copies, reads, opens, 0.1e6),
+            model_t(gz.len(), cmds, copies, reads, opens, 1e6),
+            model_t(gz.len(), cmds, copies, reads, opens, 10e6),
+        );
         tot_raw += stats.delta_bytes;
         tot_gz += gz.len() as u64;
         tot_s += gz_s;
     }
     println!("TOTAL raw {tot_raw} gz {tot_gz} seconds {tot_s:.2}");
+}
+
+/// `T = bytes / bw + 5 × (commands·2.5 + copies·1 + reads·1 + opens·9) µs` (DeviceCost's
+/// constants), the part that differs between deltas of the same pair.
+fn model_t(gz: usize, cmds: u64, copies: u64, reads: u64, opens: u64, bw: f64) -> f64 {
+    let d = DeviceCost::for_bandwidth(Default::default());
+    let ns = cmds as f64 * f64::from(d.command_ns)
+        + copies as f64 * f64::from(d.copy_ns)
+        + reads as f64 * f64::from(d.read_ns)
+        + opens as f64 * f64::from(d.open_ns);
+    gz as f64 / bw + f64::from(d.slowdown) * ns * 1e-9
+}
+
+/// Commands, COPYs, basis reads and file opens of a delta stream, as a device would make them.
+fn device_counts(delta: &[u8], layout: &BasisLayout) -> (u64, u64, u64, u64) {
+    let be = |b: &[u8]| b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x));
+    let (mut cmds, mut copies, mut reads, mut opens) = (0, 0, 0, 0);
+    let mut p = 4;
+    while p < delta.len() {
+        let op = delta[p];
+        p += 1;
+        match op {
+            0 => break,
+            1..=0x40 => p += op as usize,
+            0x41..=0x44 => {
+                let w = 1usize << (op - 0x41);
+                p += w + be(&delta[p..p + w]) as usize;
+            }
+            _ => {
+                let k = op - 0x45;
+                let (ow, lw) = (1usize << (k / 4), 1usize << (k % 4));
+                let off = be(&delta[p..p + ow]);
+                let len = be(&delta[p + ow..p + ow + lw]);
+                p += ow + lw;
+                let (r, o) = layout.reads_and_opens(off, len);
+                copies += 1;
+                reads += r;
+                opens += o;
+            }
+        }
+        cmds += 1;
+    }
+    (cmds, copies, reads, opens)
 }
 
 /// A writer that checks the bytes written against the expected target (no second copy in memory).

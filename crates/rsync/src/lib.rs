@@ -6,7 +6,10 @@
 //! * [`patch`] applies a stream to a basis ([`ReadAt`]) with bounded memory and strict checks.
 //! * [`BasisIndex`] and [`diff`] find byte-granular COPYs against a whole basis and write the
 //!   stream; [`Hint`]s (e.g. from [`tar::hints`]) point target ranges at their likely old bytes.
+//! * [`DeviceCost`] and [`BasisLayout`] model what a device pays to apply each command, so that
+//!   [`diff_with_layout`] can minimise download plus apply time instead of bytes alone.
 
+mod device;
 mod encode;
 mod format;
 mod matcher;
@@ -14,7 +17,8 @@ mod patch;
 mod refine;
 pub mod tar;
 
+pub use device::{Bandwidth, BandwidthError, BasisLayout, DeviceCost, DEVICE_READ_BYTES};
 pub use encode::{DeltaStats, DeltaWriter};
 pub use format::{copy_cost, literal_header_cost, DELTA_MAGIC};
-pub use matcher::{diff, BasisIndex, Hint, MatchOptions};
+pub use matcher::{diff, diff_with_layout, BasisIndex, Hint, MatchOptions};
 pub use patch::{patch, PatchError, ReadAt};

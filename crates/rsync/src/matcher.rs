@@ -20,6 +20,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::device::{BasisLayout, DeviceCost};
 use crate::encode::{DeltaStats, DeltaWriter};
 use crate::refine::Refiner;
 
@@ -50,6 +51,9 @@ pub struct MatchOptions {
     /// Second pass: where short COPYs are dense, keep whichever of the COPYs, only the longer
     /// COPYs, or a plain literal deflates smallest (see `DESIGN.md`).
     pub refine: bool,
+    /// Minimise download plus the device's apply cost instead of bytes alone (see
+    /// [`DeviceCost`]); `None` minimises the compressed delta size.
+    pub device: Option<DeviceCost>,
 }
 
 impl Default for MatchOptions {
@@ -66,6 +70,7 @@ impl Default for MatchOptions {
             chunk_size: 4 << 20,
             threads: 0,
             refine: true,
+            device: None,
         }
     }
 }
@@ -395,6 +400,18 @@ pub fn diff<W: Write>(
     hints: &[Hint],
     out: W,
 ) -> io::Result<DeltaStats> {
+    diff_with_layout(index, target, hints, &BasisLayout::default(), out)
+}
+
+/// [`diff`] for a basis whose file bodies are known: with [`MatchOptions::device`], the
+/// device's cost of each COPY counts the files it opens (see [`BasisLayout`]).
+pub fn diff_with_layout<W: Write>(
+    index: &BasisIndex,
+    target: &[u8],
+    hints: &[Hint],
+    layout: &BasisLayout,
+    out: W,
+) -> io::Result<DeltaStats> {
     let hints = normalize_hints(hints, index.basis.len(), target.len());
     let chunk = index.opts.chunk_size.max(1 << 16);
     let chunks = target.len().div_ceil(chunk);
@@ -413,7 +430,7 @@ pub fn diff<W: Write>(
                     }
                     let range = c * chunk..((c + 1) * chunk).min(target.len());
                     let ops = m.run(range);
-                    let ops = refine.refine(ops, target);
+                    let ops = refine.refine(ops, target, layout);
                     if let Ok(mut slot) = results[c].lock() {
                         *slot = ops;
                     }

@@ -3,22 +3,39 @@
 //! operands, while literal bytes of structured data such as relocation or symbol tables compress
 //! well). Each dense region is encoded five ways (as found, COPYs shorter than 16, 32 or 64 bytes
 //! turned into literals, all literal) and deflated; the smallest wins.
+//!
+//! With a [`DeviceCost`], the pass minimises download bytes plus the device's apply cost
+//! expressed in bytes at its bandwidth (see `device.rs`): COPYs that end a few bytes into a file
+//! body are trimmed (a file open saved), the length below which COPYs are candidates for
+//! demotion grows with the bandwidth, even a lone short COPY is weighed, and each candidate's
+//! cost adds the apply penalty of its commands to its deflated size.
 
 use flate2::{Compress, Compression, FlushCompress};
 
+use crate::device::{BasisLayout, DeviceCost};
 use crate::encode::DeltaWriter;
 use crate::matcher::{MatchOptions, Op};
 
-/// COPYs at least this long always stay and delimit regions.
+/// Without a device: COPYs at least this long always stay and delimit regions.
 const KEEP_LEN: usize = 128;
+/// With a device: COPYs stay when at least this many times longer than the cheapest COPY's
+/// apply cost in bytes (a literal of them would have to deflate better than this ratio).
+const KEEP_FACTOR: f64 = 8.0;
+/// Longest COPY ever demoted.
+const MAX_KEEP_LEN: usize = 16 << 10;
 /// Regions are cut at this many target bytes.
 const MAX_REGION: usize = 32 << 10;
-/// Regions with fewer COPYs are left alone.
+/// Without a device, regions with fewer COPYs are left alone.
 const MIN_COPIES: usize = 4;
 
 /// Per-worker state of the refinement pass.
 pub(crate) struct Refiner {
     enabled: bool,
+    device: Option<DeviceCost>,
+    keep_len: usize,
+    min_copies: usize,
+    /// COPYs shorter than each of these are demoted in one candidate.
+    thresholds: Vec<usize>,
     deflate: Compress,
     encoded: Vec<u8>,
     compressed: Vec<u8>,
@@ -26,18 +43,38 @@ pub(crate) struct Refiner {
 
 impl Refiner {
     pub(crate) fn new(opts: &MatchOptions) -> Self {
+        let (keep_len, min_copies) = match &opts.device {
+            None => (KEEP_LEN, MIN_COPIES),
+            Some(d) => {
+                let len = (d.min_copy_penalty() * KEEP_FACTOR).ceil() as usize;
+                (len.next_power_of_two().clamp(KEEP_LEN, MAX_KEEP_LEN), 1)
+            }
+        };
+        let thresholds = std::iter::successors(Some(16), |t| Some(t * 2))
+            .take_while(|&t| t < keep_len)
+            .collect();
         Self {
             enabled: opts.refine,
+            device: opts.device,
+            keep_len,
+            min_copies,
+            thresholds,
             deflate: Compress::new(Compression::new(6), false),
             encoded: Vec::new(),
             compressed: Vec::new(),
         }
     }
 
-    pub(crate) fn refine(&mut self, ops: Vec<Op>, target: &[u8]) -> Vec<Op> {
+    pub(crate) fn refine(&mut self, ops: Vec<Op>, target: &[u8], layout: &BasisLayout) -> Vec<Op> {
+        let ops = match &self.device {
+            Some(d) => trim(ops, layout, d.open_penalty()),
+            None => ops,
+        };
         if !self.enabled {
             return ops;
         }
+        let keep_len = self.keep_len;
+        let keep = |op: &Op| op.basis.is_some() && op.len >= keep_len;
         let mut out = Vec::with_capacity(ops.len());
         let mut i = 0;
         while i < ops.len() {
@@ -52,34 +89,60 @@ impl Refiner {
                 i += 1;
             }
             let region = &ops[j..i];
-            if region.iter().filter(|o| o.basis.is_some()).count() < MIN_COPIES {
+            let copies = region.iter().filter(|o| o.basis.is_some()).count();
+            if copies < self.min_copies {
                 out.extend_from_slice(region);
                 continue;
             }
             let end = region.last().map_or(start, |o| o.target + o.len);
-            let literal = [Op {
+            let mut cands: Vec<Vec<Op>> = vec![region.to_vec()];
+            let mut left = copies;
+            for &t in &self.thresholds {
+                let d = demote(region, t);
+                let n = d.iter().filter(|o| o.basis.is_some()).count();
+                // Same COPY count: the same commands as the previous candidate.
+                if n < left && n > 0 {
+                    cands.push(d);
+                }
+                left = left.min(n);
+            }
+            cands.push(vec![Op {
                 target: start,
                 len: end - start,
                 basis: None,
-            }];
-            let (d16, d32, d64) = (demote(region, 16), demote(region, 32), demote(region, 64));
-            let cands: [&[Op]; 5] = [region, &d16, &d32, &d64, &literal];
+            }]);
             let mut best = 0;
-            let mut best_cost = usize::MAX;
+            let mut best_cost = f64::INFINITY;
             for (k, c) in cands.iter().enumerate() {
-                let cost = self.cost(c, target);
+                let cost = self.cost(c, target, layout);
                 if cost < best_cost {
                     best = k;
                     best_cost = cost;
                 }
             }
-            out.extend_from_slice(cands[best]);
+            out.extend_from_slice(&cands[best]);
         }
         out
     }
 
+    /// Deflated size of the commands plus, with a device, their apply cost in bytes.
+    fn cost(&mut self, ops: &[Op], target: &[u8], layout: &BasisLayout) -> f64 {
+        let bytes = self.deflated(ops, target) as f64;
+        let Some(d) = &self.device else {
+            return bytes;
+        };
+        bytes
+            + ops
+                .iter()
+                .map(|op| match op.basis {
+                    Some(b) => d.copy_penalty(layout, b as u64, op.len as u64),
+                    None => d.literal_penalty(op.len as u64),
+                })
+                .sum::<f64>()
+    }
+
     /// Deflated size of the commands, encoded as in the delta stream.
-    fn cost(&mut self, ops: &[Op], target: &[u8]) -> usize {
+    fn deflated(&mut self, ops: &[Op], target: &[u8]) -> usize {
         self.encoded.clear();
         let mut w = match DeltaWriter::new(&mut self.encoded) {
             Ok(w) => w,
@@ -111,8 +174,65 @@ impl Refiner {
     }
 }
 
-fn keep(op: &Op) -> bool {
-    op.basis.is_some() && op.len >= KEEP_LEN
+/// Trims the ends of COPYs that reach at most `max_bytes` into a file body the rest of the
+/// COPY does not need: carried as literals, those bytes save the device a file open.
+fn trim(ops: Vec<Op>, layout: &BasisLayout, max_bytes: f64) -> Vec<Op> {
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let Some(mut basis) = op.basis else {
+            push(&mut out, op);
+            continue;
+        };
+        let (mut target, mut len) = (op.target, op.len);
+        if let Some(body) = layout.body_at(basis as u64) {
+            let part = (body.end - basis as u64) as usize;
+            if part < len && part as f64 <= max_bytes {
+                push(
+                    &mut out,
+                    Op {
+                        target,
+                        len: part,
+                        basis: None,
+                    },
+                );
+                (target, basis, len) = (target + part, basis + part, len - part);
+            }
+        }
+        let mut tail = 0;
+        if let Some(body) = layout.body_at((basis + len - 1) as u64) {
+            let part = ((basis + len) as u64 - body.start) as usize;
+            if part < len && part as f64 <= max_bytes {
+                tail = part;
+            }
+        }
+        push(
+            &mut out,
+            Op {
+                target,
+                len: len - tail,
+                basis: Some(basis),
+            },
+        );
+        if tail > 0 {
+            push(
+                &mut out,
+                Op {
+                    target: target + len - tail,
+                    len: tail,
+                    basis: None,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Appends `op`, merging adjacent literals.
+fn push(out: &mut Vec<Op>, op: Op) {
+    match out.last_mut() {
+        Some(last) if last.basis.is_none() && op.basis.is_none() => last.len += op.len,
+        _ => out.push(op),
+    }
 }
 
 /// The region with COPYs shorter than `min` turned into literals (adjacent literals merged).
@@ -124,10 +244,7 @@ fn demote(region: &[Op], min: usize) -> Vec<Op> {
         } else {
             *op
         };
-        match v.last_mut() {
-            Some(last) if last.basis.is_none() && op.basis.is_none() => last.len += op.len,
-            _ => v.push(op),
-        }
+        push(&mut v, op);
     }
     v
 }
