@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use bru_delta::{ApplyOptions, CreateOptions, Event, Format, Progress, Step};
+use bru_delta::{ApplyOptions, Bandwidth, CreateOptions, Event, Format, Progress, Step};
 use bru_oci::{Credentials, ImageReference, ImageSink, ImageSource, Platform, RegistryOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,6 +27,13 @@ pub enum DeltaCommand {
         /// Where to write the delta image.
         #[arg(long, value_name = "IMAGE")]
         output: ImageReference,
+        /// The devices' download bandwidth in MB/s: the delta minimises download time plus
+        /// apply time on such a device (small: fewest bytes; large: cheapest apply).
+        #[arg(long, value_name = "MBPS", default_value = "1")]
+        device_bandwidth: Bandwidth,
+        /// Minimise the download alone, whatever the apply costs the device.
+        #[arg(long, conflicts_with = "device_bandwidth")]
+        fewest_bytes: bool,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -180,6 +187,8 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             source,
             target,
             output,
+            device_bandwidth,
+            fewest_bytes,
             common,
         } => {
             let opts = common.registry.options()?;
@@ -190,6 +199,7 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 gzip_level: common
                     .gzip_level
                     .unwrap_or(CreateOptions::default().gzip_level),
+                device_bandwidth: (!fewest_bytes).then_some(device_bandwidth),
             };
             let info = bru_delta::create(&*src, &*dst, &*sink, &create, progress())
                 .await

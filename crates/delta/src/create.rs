@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bru_oci::{Descriptor, Digest, ImageSink, ImageSource, PulledImage};
+use bru_rsync::{Bandwidth, DeviceCost};
 use flate2::write::GzEncoder;
 use serde::Serialize;
 
@@ -30,6 +31,10 @@ pub struct CreateOptions {
     pub format: Format,
     /// gzip level of the delta layers (0–9).
     pub gzip_level: u32,
+    /// Build for a device with this download bandwidth: fewest bytes when it
+    /// is slow, cheapest apply when it is fast (see [`bru_rsync::DeviceCost`]).
+    /// `None` minimises bytes alone. Default: 1 MB/s.
+    pub device_bandwidth: Option<Bandwidth>,
 }
 
 impl Default for CreateOptions {
@@ -38,6 +43,7 @@ impl Default for CreateOptions {
             workdir: None,
             format: Format::Docker,
             gzip_level: 9,
+            device_bandwidth: Some(Bandwidth::default()),
         }
     }
 }
@@ -189,9 +195,19 @@ pub async fn create(
         }
         let dir = work.path().to_path_buf();
         let (format, level) = (opts.format, opts.gzip_level);
+        let device = opts.device_bandwidth.map(DeviceCost::for_bandwidth);
         let progress = progress.clone();
-        blobs = blocking(move || encode_all(&dir, &basis_path, targets, format, level, &*progress))
-            .await?;
+        blobs = blocking(move || {
+            encode_all(
+                &dir,
+                &basis_path,
+                targets,
+                (format, level),
+                device,
+                &*progress,
+            )
+        })
+        .await?;
     }
 
     // Layers of the common prefix are the (shared) empty tar.
@@ -310,8 +326,8 @@ fn encode_all(
     dir: &Path,
     basis_path: &Path,
     targets: Vec<(usize, PathBuf, Digest)>,
-    format: Format,
-    level: u32,
+    (format, level): (Format, u32),
+    device: Option<DeviceCost>,
     progress: &dyn Progress,
 ) -> Result<Vec<LayerBlob>, DeltaError> {
     let basis_file = File::open(basis_path).map_err(DeltaError::io(basis_path))?;
@@ -320,7 +336,7 @@ fn encode_all(
         step: Step::Index,
         total: Some(basis.len() as u64),
     });
-    let index = engine::index(&basis);
+    let index = engine::index(&basis, device);
     progress.event(Event::End { step: Step::Index });
 
     let mut out = Vec::new();

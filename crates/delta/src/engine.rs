@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
 
-use bru_rsync::{BasisIndex, DeltaStats, Hint, MatchOptions, DELTA_MAGIC};
+use bru_rsync::{BasisIndex, BasisLayout, DeltaStats, DeviceCost, Hint, MatchOptions, DELTA_MAGIC};
 use memmap2::{Mmap, UncheckedAdvice};
 
 /// Target bytes encoded per window.
@@ -43,9 +43,12 @@ fn release(map: &Mmap, range: Range<usize>) {
     };
 }
 
-/// Indexes the basis (all source layer tars, concatenated) for matching.
-pub(crate) fn index(basis: &Mmap) -> BasisIndex<'_> {
-    BasisIndex::new_with_release(basis, MatchOptions::default(), &|r| release(basis, r))
+/// Indexes the basis (all source layer tars, concatenated) for matching, for
+/// a device with this cost model (`None`: fewest bytes).
+pub(crate) fn index(basis: &Mmap, device: Option<DeviceCost>) -> BasisIndex<'_> {
+    let mut opts = MatchOptions::default();
+    opts.device = device;
+    BasisIndex::new_with_release(basis, opts, &|r| release(basis, r))
 }
 
 /// Encodes `target` (one uncompressed layer tar) against the basis, guided
@@ -63,6 +66,7 @@ pub(crate) fn encode(
     let new = bru_rsync::tar::entries(target);
     release(target, 0..target.len());
     let hints = bru_rsync::tar::hints_from_entries(&old, &new);
+    let layout = BasisLayout::from_entries(&old);
     drop((old, new));
     let mut out = out;
     out.write_all(&DELTA_MAGIC)?;
@@ -75,7 +79,13 @@ pub(crate) fn encode(
         let end = (start + WINDOW).min(target.len());
         let window_hints = rebase(&hints, start as u64..end as u64);
         let mut body = Unframe::new(&mut out);
-        let stats = bru_rsync::diff(index, &target[start..end], &window_hints, &mut body)?;
+        let stats = bru_rsync::diff_with_layout(
+            index,
+            &target[start..end],
+            &window_hints,
+            &layout,
+            &mut body,
+        )?;
         body.finish()?;
         total.copy_ops += stats.copy_ops;
         total.copy_bytes += stats.copy_bytes;

@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use bru_oci::{Descriptor, Digest, ImageSink};
 
 pub use apply::{apply, ApplyInfo, ApplyOptions, RebuiltLayer};
+pub use bru_rsync::Bandwidth;
 pub use create::{create, CreateOptions, DeltaInfo, LayerInfo, LayerKind};
 pub use error::{DeltaError, Role};
 pub use inspect::inspect;
