@@ -28,13 +28,38 @@ const OP_COPY_N8_N8: u8 = 0x54;
 pub struct ApplyOptions {
     /// How basis reads reach the layer readers.
     pub read_model: ReadModel,
+    /// Where the output goes.
+    pub pipe_model: PipeModel,
 }
 
 impl ApplyOptions {
     /// Options with the given read model.
     pub fn with_read_model(read_model: ReadModel) -> Self {
-        Self { read_model }
+        Self {
+            read_model,
+            ..Self::default()
+        }
     }
+
+    /// These options with the given pipe model.
+    pub fn pipe_model(mut self, pipe_model: PipeModel) -> Self {
+        self.pipe_model = pipe_model;
+        self
+    }
+}
+
+/// How the output reaches the DiffID hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PipeModel {
+    /// As on a device: a synchronous pipe to a consumer thread; every write waits until the
+    /// consumer took the chunk. Here that is an OS-thread rendezvous, dearer than the hand-off
+    /// between goroutines of Go's `io.Pipe`.
+    #[default]
+    Thread,
+    /// Hashed in the applying thread, no hand-off: the difference to [`PipeModel::Thread`]
+    /// measures the hand-off cost.
+    Inline,
 }
 
 /// What one apply did.
@@ -97,6 +122,8 @@ pub struct ApplyReport {
     pub cpu_seconds: Option<f64>,
     /// The read model used.
     pub read_model: ReadModel,
+    /// The pipe model used.
+    pub pipe_model: PipeModel,
 }
 
 /// Applies a raw (uncompressed) librsync delta stream to `basis` as a device does, with the
@@ -119,8 +146,13 @@ pub fn apply_with<R: Read>(
 ) -> Result<ApplyReport> {
     let start = Instant::now();
     let cpu0 = thread_cpu_ns();
-    let (tx, rx) = sync_channel::<Vec<u8>>(0);
-    let consumer = thread::spawn(move || consume(rx));
+    let (sink, consumer) = match opts.pipe_model {
+        PipeModel::Thread => {
+            let (tx, rx) = sync_channel::<Vec<u8>>(0);
+            (Sink::Thread(tx), Some(thread::spawn(move || consume(rx))))
+        }
+        PipeModel::Inline => (Sink::Inline(Sha256::new(), 0), None),
+    };
     let mut exec = Executor {
         delta: DeltaReader {
             inner: BufReader::with_capacity(64 * 1024, delta),
@@ -128,7 +160,7 @@ pub fn apply_with<R: Read>(
         },
         basis: basis.reader(opts.read_model),
         basis_len: basis.len(),
-        pipe: Pipe { tx, writes: 0 },
+        pipe: Pipe { sink, writes: 0 },
         counters: Counters::default(),
     };
     let run = exec.run();
@@ -139,21 +171,26 @@ pub fn apply_with<R: Read>(
         delta,
         ..
     } = exec;
-    drop(pipe.tx);
-    let consumed = consumer.join();
+    let pipe_writes = pipe.writes;
+    let consumed = match (pipe.sink, consumer) {
+        (Sink::Thread(tx), Some(handle)) => {
+            drop(tx);
+            handle.join().map_err(|_| Error::PipeClosed)
+        }
+        (Sink::Inline(h, n), _) => Ok((h.finalize().into(), n, Some(0))),
+        (Sink::Thread(_), None) => Err(Error::PipeClosed),
+    };
     let cpu1 = thread_cpu_ns();
     let apply_seconds = start.elapsed().as_secs_f64();
     run?;
-    let Ok((digest, output_bytes, consumer_cpu)) = consumed else {
-        return Err(Error::PipeClosed);
-    };
+    let (digest, output_bytes, consumer_cpu) = consumed?;
     let b = reader.counters();
     counters.file_opens = b.file_opens;
     counters.file_bytes_read = b.file_bytes_read;
     counters.basis_reads = b.basis_reads;
     counters.basis_bytes_read = b.basis_bytes_read;
     counters.layer_reads = b.layer_reads;
-    counters.pipe_writes = pipe.writes;
+    counters.pipe_writes = pipe_writes;
     counters.output_bytes = output_bytes;
     counters.delta_bytes = delta.pos;
     let cpu_seconds = match (cpu0, cpu1, consumer_cpu) {
@@ -166,6 +203,7 @@ pub fn apply_with<R: Read>(
         apply_seconds,
         cpu_seconds,
         read_model: opts.read_model,
+        pipe_model: opts.pipe_model,
     })
 }
 
@@ -191,15 +229,30 @@ fn thread_cpu_ns() -> Option<u64> {
 
 /// The writing end of a Go-style `io.Pipe`: every write blocks until the consumer took it.
 struct Pipe {
-    tx: SyncSender<Vec<u8>>,
+    sink: Sink,
     writes: u64,
+}
+
+enum Sink {
+    /// Rendezvous with the consumer thread.
+    Thread(SyncSender<Vec<u8>>),
+    /// Hash and byte count, in the applying thread.
+    Inline(Sha256, u64),
 }
 
 impl Pipe {
     fn write(&mut self, chunk: &[u8]) -> Result<()> {
         self.writes += 1;
-        // The consumer copies the bytes out of the writer's buffer, as a Go pipe reader does.
-        self.tx.send(chunk.to_vec()).map_err(|_| Error::PipeClosed)
+        match &mut self.sink {
+            // The consumer copies the bytes out of the writer's buffer, as a Go pipe reader
+            // does.
+            Sink::Thread(tx) => tx.send(chunk.to_vec()).map_err(|_| Error::PipeClosed),
+            Sink::Inline(h, n) => {
+                h.update(chunk);
+                *n += chunk.len() as u64;
+                Ok(())
+            }
+        }
     }
 }
 

@@ -72,7 +72,7 @@ mod error;
 mod input;
 mod layer;
 
-pub use apply::{apply, apply_with, ApplyOptions, ApplyReport, Counters, COPY_BUF};
+pub use apply::{apply, apply_with, ApplyOptions, ApplyReport, Counters, PipeModel, COPY_BUF};
 pub use basis::{BasisCounters, BasisReader, DeviceBasis, ReadModel};
 pub use error::{Error, Result};
 pub use input::{delta_stream, DeltaKind, DeltaStream};

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, ensure, Context, Result};
 use bru_device_apply::{
     apply_with, delta_stream, ApplyOptions, ApplyReport, Counters, DeltaKind, DeviceBasis,
-    ReadModel,
+    PipeModel, ReadModel,
 };
 use clap::{Parser, ValueEnum};
 use flate2::read::MultiGzDecoder;
@@ -46,6 +46,16 @@ struct Args {
     /// How basis reads reach the per-layer readers.
     #[arg(long, value_enum, default_value_t = Model::GoBuffer)]
     read_model: Model,
+    /// `thread`: output through a synchronous pipe to a hashing thread (as on a device);
+    /// `inline`: hashed in the applying thread (to measure the hand-off cost).
+    #[arg(long, value_enum, default_value_t = PipeArg::Thread)]
+    pipe: PipeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PipeArg {
+    Thread,
+    Inline,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,6 +75,7 @@ struct DeltaJob {
 #[derive(Debug, Serialize)]
 struct Output {
     read_model: ReadModel,
+    pipe_model: PipeModel,
     basis: BasisSummary,
     deltas: Vec<DeltaResult>,
     totals: Totals,
@@ -170,7 +181,11 @@ fn run(args: Args) -> Result<bool> {
         Model::GoBuffer => ReadModel::GoBuffer,
         Model::Direct => ReadModel::Direct,
     };
-    let opts = ApplyOptions::with_read_model(read_model);
+    let pipe_model = match args.pipe {
+        PipeArg::Thread => PipeModel::Thread,
+        PipeArg::Inline => PipeModel::Inline,
+    };
+    let opts = ApplyOptions::with_read_model(read_model).pipe_model(pipe_model);
     let mut deltas = Vec::new();
     for job in &jobs {
         deltas.push(apply_job(&basis, job, &opts, args.repeat)?);
@@ -190,6 +205,7 @@ fn run(args: Args) -> Result<bool> {
     let ok = totals.all_diff_ids_ok;
     let out = Output {
         read_model,
+        pipe_model,
         basis: summary,
         deltas,
         totals,

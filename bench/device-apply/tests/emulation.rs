@@ -6,7 +6,7 @@ use std::process::Command;
 
 use bru_device_apply::{
     apply, apply_with, delta_stream, ApplyOptions, Counters, DeltaKind, DeviceBasis, Error,
-    ReadModel, Segment,
+    PipeModel, ReadModel, Segment,
 };
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
@@ -600,6 +600,12 @@ fn agrees_with_bru_rsync_patch() {
     for model in [ReadModel::Direct, ReadModel::GoBuffer] {
         let r = run(&basis, model, &delta);
         assert_eq!(r.diff_id, sha256(&target));
+        let opts = ApplyOptions::with_read_model(model).pipe_model(PipeModel::Inline);
+        let inline = apply_with(&basis, &delta[..], &opts).unwrap();
+        assert_eq!(
+            (inline.diff_id.as_str(), inline.counters),
+            (r.diff_id.as_str(), r.counters)
+        );
         let c = r.counters;
         assert_eq!(c.output_bytes, target.len() as u64);
         assert_eq!(c.basis_bytes_read, c.copy_bytes);
