@@ -27,7 +27,7 @@ struct Args {
     /// A delta: raw librsync stream, gzip'd stream, or delta layer blob (gzip'd tar). Repeatable.
     #[arg(long, required_unless_present = "delta_oci")]
     delta: Vec<PathBuf>,
-    /// Expected DiffID (`sha256:…`) of each --delta's output, in the same order.
+    /// Expected DiffID (`sha256:…`) of each --delta's output, in the same order (`-`: none).
     #[arg(long = "diff-id")]
     diff_id: Vec<String>,
     /// Source image as an OCI layout `DIR[:TAG]` (instead of --layers).
@@ -142,7 +142,7 @@ fn run(args: Args) -> Result<bool> {
                 .map(|(i, p)| DeltaJob {
                     name: p.display().to_string(),
                     path: p.clone(),
-                    expected: args.diff_id.get(i).cloned(),
+                    expected: args.diff_id.get(i).filter(|d| *d != "-").cloned(),
                 })
                 .collect();
             (args.layers.clone(), jobs)
