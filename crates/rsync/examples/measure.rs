@@ -172,12 +172,12 @@ fn main() {
     println!("TOTAL raw {tot_raw} gz {tot_gz} seconds {tot_s:.2}");
 }
 
-/// `T = bytes / bw + 5 × (commands·2.5 + copies·1 + reads·1 + opens·9) µs` (DeviceCost's
-/// constants), the part that differs between deltas of the same pair.
+/// `T = bytes / bw + 5 × (commands, layer reads and opens at DeviceCost's constants)`, the
+/// part that differs between deltas of the same pair.
 fn model_t(gz: usize, cmds: u64, copies: u64, reads: u64, opens: u64, bw: f64) -> f64 {
     let d = DeviceCost::for_bandwidth(Default::default());
+    let _ = copies;
     let ns = cmds as f64 * f64::from(d.command_ns)
-        + copies as f64 * f64::from(d.copy_ns)
         + reads as f64 * f64::from(d.read_ns)
         + opens as f64 * f64::from(d.open_ns);
     gz as f64 / bw + f64::from(d.slowdown) * ns * 1e-9
