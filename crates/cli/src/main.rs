@@ -117,9 +117,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::FAILURE
         }
         _ => {
+            // The message and its indented details (e.g. the missing arguments), up to the
+            // blank line before the usage.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("ERROR: {}", first.trim_start_matches("error: "));
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            eprintln!("ERROR: {}", message.trim_start_matches("error: "));
             ExitCode::FAILURE
         }
     }

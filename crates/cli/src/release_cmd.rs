@@ -8,11 +8,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use bru_delta::{Event, Progress, Step};
 use bru_oci::RegistryOptions;
-use bru_service::{absolutize, BuildProgress, BuilderConfig, ClaimPolicy, Embedded, ImageRecord};
+use bru_service::{
+    absolutize, Bandwidth, BuildProgress, BuilderConfig, ClaimPolicy, Embedded, ImageRecord,
+};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-/// Manage the releases of an embedded store.
+/// Manage the releases and fleets of an embedded store.
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
     /// Record a release: read each service's image (manifest digest, sizes) and store it.
@@ -22,6 +24,25 @@ pub enum ReleaseCommand {
     Add(AddArgs),
     /// List the releases of the store as JSON, oldest first.
     List(ListArgs),
+    /// Set the download bandwidth of a fleet's devices: its deltas built from now on
+    /// minimise download plus apply time at that bandwidth. Prints the setting as JSON.
+    SetBandwidth(SetBandwidthArgs),
+}
+
+/// Arguments of `release set-bandwidth`.
+#[derive(Debug, Args)]
+pub struct SetBandwidthArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Fleet (application) name; created if it does not exist yet.
+    #[arg(long, value_name = "NAME")]
+    fleet: String,
+    /// The devices' download bandwidth in MB/s.
+    #[arg(long, value_name = "MBPS", required_unless_present = "default")]
+    device_bandwidth: Option<Bandwidth>,
+    /// Forget the fleet's bandwidth: use the builder's default (`serve --device-bandwidth`).
+    #[arg(long, conflicts_with = "device_bandwidth")]
+    default: bool,
 }
 
 /// The store directory and registry access.
@@ -105,6 +126,17 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             let store = open_store(&args.store.store, &args.store.insecure).await?;
             let releases = store.store().list_releases(args.fleet.as_deref()).await?;
             serde_json::to_string_pretty(&releases)?
+        }
+        ReleaseCommand::SetBandwidth(args) => {
+            let store = open_store(&args.store.store, &args.store.insecure).await?;
+            store
+                .store()
+                .set_fleet_bandwidth(&args.fleet, args.device_bandwidth)
+                .await?;
+            serde_json::to_string_pretty(&serde_json::json!({
+                "fleet": args.fleet,
+                "device_bandwidth": args.device_bandwidth.map(Bandwidth::bytes_per_second),
+            }))?
         }
     };
     use std::io::Write as _;

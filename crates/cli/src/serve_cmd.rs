@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bru_server::{Auth, Server, ServerConfig, Verifier, MAX_POLL};
+use bru_service::Bandwidth;
 use clap::Args;
 
 /// Status codes of /api/v3/delta, for `serve --help`.
@@ -71,6 +72,10 @@ pub struct ServeArgs {
     /// A build whose heartbeat is older than this is taken over (its server died).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     stale_seconds: u64,
+    /// Build deltas for devices downloading this many MB/s (fewest bytes when slow, cheapest
+    /// apply when fast), unless the fleet has its own (`release set-bandwidth`).
+    #[arg(long, value_name = "MBPS", default_value = "1")]
+    device_bandwidth: Bandwidth,
 }
 
 /// Runs the server on its own multi-threaded runtime until SIGINT or SIGTERM.
@@ -104,6 +109,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("--stale-seconds must be at least 1");
     }
     config.policy.stale_after = Duration::from_secs(args.stale_seconds);
+    config.device_bandwidth = Some(args.device_bandwidth);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -202,3 +202,58 @@ fn releases_are_added_and_listed() {
     ]));
     assert_eq!(e, "ERROR: Release not found: 7\n");
 }
+
+#[test]
+fn fleet_bandwidth_is_set_cleared_and_bad_values_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let set = |extra: &[&str]| {
+        let mut args = vec!["release", "set-bandwidth", "--store", store, "--fleet", "f"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let done = set(&["--device-bandwidth", "0.5"]);
+    assert_eq!(
+        json(&done),
+        serde_json::json!({"fleet": "f", "device_bandwidth": 500_000})
+    );
+    // Field order is part of the contract.
+    assert!(done.stdout.find("\"fleet\"") < done.stdout.find("\"device_bandwidth\""));
+    assert_eq!(
+        json(&set(&["--default"])),
+        serde_json::json!({"fleet": "f", "device_bandwidth": null})
+    );
+    for bad in ["0", "abc", "-1", "1e3", "200000"] {
+        let e = error(&set(&[&format!("--device-bandwidth={bad}")]));
+        assert!(e.contains("bad device bandwidth"), "{bad}: {e}");
+    }
+    // One of the two is required, and not both.
+    assert!(error(&set(&[])).contains("--device-bandwidth"));
+    error(&set(&["--device-bandwidth", "1", "--default"]));
+    // delta create and serve parse the same values.
+    let e = error(&run(&[
+        "delta",
+        "create",
+        "--source",
+        "oci:/nonexistent:a",
+        "--target",
+        "oci:/nonexistent:b",
+        "--output",
+        "oci:/nonexistent:c",
+        "--device-bandwidth",
+        "fast",
+    ]));
+    assert!(e.contains("bad device bandwidth"), "{e}");
+    let e = error(&run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        store,
+        "--no-auth",
+        "--device-bandwidth",
+        "0.0000001",
+    ]));
+    assert!(e.contains("bad device bandwidth"), "{e}");
+}

@@ -248,3 +248,76 @@ fn demote(region: &[Op], min: usize) -> Vec<Op> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tar::TarEntry;
+
+    fn layout(bodies: &[(u64, u64)]) -> BasisLayout {
+        let entries: Vec<TarEntry> = bodies
+            .iter()
+            .map(|&(s, e)| TarEntry {
+                path: b"f".to_vec(),
+                typeflag: b'0',
+                start: s - 512,
+                data: s..e,
+                end: e,
+            })
+            .collect();
+        BasisLayout::from_entries(&entries)
+    }
+
+    fn copy(target: usize, len: usize, basis: usize) -> Op {
+        Op {
+            target,
+            len,
+            basis: Some(basis),
+        }
+    }
+
+    fn lit(target: usize, len: usize) -> Op {
+        Op {
+            target,
+            len,
+            basis: None,
+        }
+    }
+
+    #[test]
+    fn trim_drops_the_few_bytes_that_would_open_a_file() {
+        // File bodies [512, 1512) and [2048, 9000).
+        let l = layout(&[(512, 1512), (2048, 9000)]);
+        // 10 bytes of the first body, its padding and header, then 4000 bytes of the second.
+        let ops = vec![lit(0, 5), copy(5, 4546, 1502), lit(4551, 3)];
+        let got = trim(ops, &l, 64.0);
+        assert_eq!(got, vec![lit(0, 15), copy(15, 4536, 1512), lit(4551, 3)]);
+        // The same COPY ending 20 bytes into a third body: the tail goes too.
+        let l = layout(&[(512, 1512), (2048, 6000), (6512, 9000)]);
+        let ops = vec![copy(0, 5030, 1502)];
+        let got = trim(ops, &l, 64.0);
+        assert_eq!(got, vec![lit(0, 10), copy(10, 5000, 1512), lit(5010, 20)]);
+        // Parts longer than the limit, and COPYs inside one body, stay as they are.
+        let ops = vec![copy(0, 5030, 1502), copy(5030, 100, 3000)];
+        assert_eq!(trim(ops.clone(), &l, 5.0), ops);
+    }
+
+    #[test]
+    fn keep_length_grows_with_bandwidth() {
+        let refiner = |mbps: &str| {
+            let mut opts = MatchOptions::default();
+            opts.device = Some(DeviceCost::for_bandwidth(mbps.parse().unwrap()));
+            Refiner::new(&opts)
+        };
+        let bytes_only = Refiner::new(&MatchOptions::default());
+        assert_eq!((bytes_only.keep_len, bytes_only.min_copies), (128, 4));
+        let (slow, mid, fast) = (refiner("0.1"), refiner("1"), refiner("10"));
+        // 8 × the cheapest COPY's cost (84 bytes at 1 MB/s), rounded up to a power of two.
+        assert_eq!(
+            (slow.keep_len, mid.keep_len, fast.keep_len),
+            (128, 1024, 8192)
+        );
+        assert_eq!(mid.min_copies, 1);
+        assert_eq!(*fast.thresholds.last().unwrap() * 2, fast.keep_len);
+    }
+}

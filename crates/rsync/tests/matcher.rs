@@ -5,7 +5,10 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use bru_rsync::{diff, patch, tar, BasisIndex, DeltaStats, Hint, MatchOptions};
+use bru_rsync::{
+    diff, diff_with_layout, patch, tar, BasisIndex, BasisLayout, DeltaStats, DeviceCost, Hint,
+    MatchOptions,
+};
 use proptest::prelude::*;
 
 fn delta_for(basis: &[u8], target: &[u8], hints: &[Hint], opts: MatchOptions) -> Vec<u8> {
@@ -116,6 +119,31 @@ fn small_opts(threads: usize) -> MatchOptions {
     o
 }
 
+/// [`small_opts`] for a device downloading `mbps` MB/s.
+fn device_opts(threads: usize, mbps: &str) -> MatchOptions {
+    let mut o = small_opts(threads);
+    o.device = Some(DeviceCost::for_bandwidth(mbps.parse().unwrap()));
+    o
+}
+
+/// A delta of `target` against `basis` with its file bodies known from the tar structure.
+fn device_delta(basis: &[u8], target: &[u8], opts: MatchOptions) -> (Vec<u8>, DeltaStats) {
+    let layout = BasisLayout::from_entries(&tar::entries(basis));
+    let index = BasisIndex::new(basis, opts);
+    let mut delta = Vec::new();
+    let hints = tar::hints(basis, target);
+    let stats = diff_with_layout(&index, target, &hints, &layout, &mut delta).unwrap();
+    assert_eq!(stats.delta_bytes, delta.len() as u64);
+    (delta, stats)
+}
+
+fn gzip_len(bytes: &[u8]) -> usize {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap().len()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -150,6 +178,25 @@ proptest! {
         let one = delta_for(&basis, &target, &[], small_opts(1));
         let two = delta_for(&basis, &target, &[], small_opts(2));
         prop_assert!(one == two);
+        let one = delta_for(&basis, &target, &[], device_opts(1, "3"));
+        let two = delta_for(&basis, &target, &[], device_opts(2, "3"));
+        prop_assert!(one == two);
+    }
+
+    /// Deltas built for any device bandwidth rebuild the target.
+    #[test]
+    fn device_aware_diff_round_trips(
+        seed in any::<u64>(),
+        len in 0usize..150_000,
+        text in any::<bool>(),
+        edits in proptest::collection::vec(edit(), 0..12),
+        mbps in prop::sample::select(vec!["0.001", "0.1", "1", "10", "100000"]),
+    ) {
+        let basis = content(seed, len, text);
+        let target = apply_edits(&basis, &edits);
+        let hint = Hint { target: 0..target.len() as u64, basis: 0..basis.len() as u64 };
+        let (delta, _) = delta_stats(&basis, &target, &[hint], device_opts(0, mbps));
+        prop_assert!(apply(&basis, &delta) == target);
     }
 }
 
@@ -188,6 +235,55 @@ fn rdiff_applies_matcher_deltas_for_the_golden_cases() {
             theirs.len()
         );
     }
+}
+
+/// A rebuilt "binary": a change every ~100 bytes, as relocated code has. The faster the
+/// device's link, the fewer commands its delta has, paid for with bytes; every delta applies
+/// (our `patch` and Debian's `rdiff`).
+#[test]
+fn faster_links_get_fewer_commands_for_more_bytes() {
+    let old = content(7, 400_000, false);
+    let mut new = old.clone();
+    let mut x = 11u64;
+    let mut i = 0;
+    while i < new.len() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        new[i] ^= (x >> 56) as u8 | 1;
+        i += 40 + (x >> 33) as usize % 120;
+    }
+    let basis = gnu_tar(
+        &[("app/bin", old), ("app/data", content(8, 50_000, true))],
+        "gnu",
+        "@1",
+    );
+    let target = gnu_tar(
+        &[("app/bin", new), ("app/data", content(8, 50_000, true))],
+        "gnu",
+        "@2",
+    );
+    let mut last: Option<(u64, usize)> = None;
+    for mbps in ["0.001", "0.1", "1", "10", "100000"] {
+        let (delta, stats) = device_delta(&basis, &target, device_opts(0, mbps));
+        assert!(apply(&basis, &delta) == target, "{mbps}");
+        assert!(rdiff_patch(&basis, &delta) == target, "{mbps}");
+        let (commands, bytes) = (stats.copy_ops + stats.literal_ops, gzip_len(&delta));
+        if let Some((c, b)) = last {
+            assert!(commands <= c, "{mbps} MB/s: {commands} commands after {c}");
+            assert!(bytes + 64 >= b, "{mbps} MB/s: {bytes} bytes after {b}");
+        }
+        last = Some((commands, bytes));
+    }
+    // Fewest bytes vs cheapest apply: the two ends are far apart.
+    let (slow, _) = device_delta(&basis, &target, device_opts(0, "0.001"));
+    let (_, fast) = device_delta(&basis, &target, device_opts(0, "100000"));
+    let (_, bytes_only) = device_delta(&basis, &target, small_opts(0));
+    assert!(
+        fast.copy_ops * 20 < bytes_only.copy_ops,
+        "{fast:?} {bytes_only:?}"
+    );
+    assert!(gzip_len(&slow) <= gzip_len(&delta_for(&basis, &target, &[], small_opts(0))) + 64);
 }
 
 /// Builds a tar archive of `files` with GNU tar in the given format.

@@ -83,7 +83,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bru_oci::{ImageReference, RegistryOptions, RegistryReference};
-use bru_service::{BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord};
+use bru_service::{Bandwidth, BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -140,10 +140,14 @@ pub struct ServerConfig {
     pub poll: Duration,
     /// Build-once rules (stale builds, failure cool-down).
     pub policy: ClaimPolicy,
+    /// Download bandwidth of the devices deltas are built for, unless their fleet in the
+    /// store has its own; `None` builds the fewest bytes.
+    pub device_bandwidth: Option<Bandwidth>,
 }
 
 impl ServerConfig {
-    /// Defaults: 20 s long-poll, default claim policy, no registries allowed.
+    /// Defaults: 20 s long-poll, default claim policy, no registries allowed, deltas for
+    /// devices at 1 MB/s.
     pub fn new(store_dir: impl Into<PathBuf>, auth: Auth) -> Self {
         ServerConfig {
             store_dir: store_dir.into(),
@@ -152,6 +156,7 @@ impl ServerConfig {
             auth,
             poll: Duration::from_secs(20),
             policy: ClaimPolicy::default(),
+            device_bandwidth: Some(Bandwidth::default()),
         }
     }
 }
@@ -175,6 +180,7 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let mut builder = BuilderConfig::new(config.store_dir.join("state").join("deltas"));
         builder.registry = config.registry.clone();
+        builder.device_bandwidth = config.device_bandwidth;
         builder.progress = Some(Arc::new(BuildHook(Arc::clone(&metrics))));
         // Heartbeat well within the stale limit, so live builds are never taken over.
         builder.heartbeat_interval = (config.policy.stale_after / 3)

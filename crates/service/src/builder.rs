@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bru_delta::{CreateOptions, NoProgress, Progress};
+use bru_delta::{Bandwidth, CreateOptions, NoProgress, Progress};
 use bru_oci::{open_sink, open_source, ImageReference, RegistryOptions, RegistryReference};
 use sha2::{Digest as _, Sha256};
 
@@ -28,6 +28,10 @@ pub struct BuilderConfig {
     pub heartbeat_interval: Duration,
     /// gzip level of the delta layers (default 9: deltas are built once, pulled often).
     pub gzip_level: u32,
+    /// Download bandwidth of the devices deltas are built for, unless their fleet has its
+    /// own (see [`Store::set_fleet_bandwidth`]); `None` builds the fewest bytes. Default:
+    /// 1 MB/s.
+    pub device_bandwidth: Option<Bandwidth>,
     /// Where the progress of each build goes (default: nowhere).
     pub progress: Option<Arc<dyn BuildProgress>>,
 }
@@ -47,6 +51,7 @@ impl BuilderConfig {
             workdir: None,
             heartbeat_interval: Duration::from_secs(30),
             gzip_level: 9,
+            device_bandwidth: Some(Bandwidth::default()),
             progress: None,
         }
     }
@@ -125,6 +130,7 @@ impl DeltaBuilder {
         &self,
         src: &ImageRecord,
         dest: &ImageRecord,
+        device_bandwidth: Option<Bandwidth>,
         progress: Arc<dyn Progress>,
     ) -> Result<(String, u64), ServiceError> {
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -144,9 +150,10 @@ impl DeltaBuilder {
         let create = CreateOptions {
             workdir: self.config.workdir.clone(),
             gzip_level: self.config.gzip_level,
+            device_bandwidth,
             ..CreateOptions::default()
         };
-        tracing::info!(src = src.id, dest = dest.id, %location, "building delta");
+        tracing::info!(src = src.id, dest = dest.id, %location, device_bandwidth = ?device_bandwidth.map(|b| b.to_string()), "building delta");
         let info = bru_delta::create(&*source, &*target, &*sink, &create, progress)
             .await
             .map_err(ServiceError::Build)?;
@@ -175,11 +182,15 @@ impl DeltaBuilder {
         let work = async {
             let src = image(store, row.source_image).await?;
             let dest = image(store, row.target_image).await?;
+            let bandwidth = match store.image_fleet_bandwidth(dest.id).await? {
+                Some(b) => Some(b),
+                None => self.config.device_bandwidth,
+            };
             let progress = match &self.config.progress {
                 Some(p) => p.start(&src, &dest),
                 None => Arc::new(NoProgress),
             };
-            self.build(&src, &dest, progress).await
+            self.build(&src, &dest, bandwidth, progress).await
         };
         let heartbeat = async {
             let mut tick = tokio::time::interval(self.config.heartbeat_interval);

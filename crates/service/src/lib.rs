@@ -54,6 +54,7 @@ mod import;
 mod sqlite;
 mod store;
 
+pub use bru_delta::Bandwidth;
 pub use builder::{delta_tag, BuildProgress, BuilderConfig, DeltaBuilder};
 pub use embedded::{state_dir, DeltaRequest, Embedded};
 pub use error::ServiceError;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bru_delta::Bandwidth;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::store::{
@@ -15,7 +16,8 @@ use crate::store::{
 use crate::ServiceError;
 
 /// Schema migrations; migration `i` brings `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -74,7 +76,12 @@ CREATE UNIQUE INDEX deltas_one_running
 CREATE UNIQUE INDEX deltas_one_success
     ON deltas (originates_from__image, produces__image, version) WHERE status = 'success';
 CREATE INDEX deltas_by_pair ON deltas (originates_from__image, produces__image, version, id);
-"#];
+"#,
+    r#"
+-- Download bandwidth of the fleet's devices in bytes per second (NULL: the builder's default).
+ALTER TABLE fleets ADD COLUMN device_bandwidth INTEGER;
+"#,
+];
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -471,6 +478,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_fleet_bandwidth(
+        &self,
+        fleet: &str,
+        bandwidth: Option<Bandwidth>,
+    ) -> Result<(), ServiceError> {
+        let fleet = fleet.to_string();
+        let bps = bandwidth.map(|b| i64::try_from(b.bytes_per_second()).unwrap_or(i64::MAX));
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO fleets (name, created_at, device_bandwidth) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET device_bandwidth = excluded.device_bandwidth",
+                params![fleet, now_ms(), bps],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn image_fleet_bandwidth(&self, image: u64) -> Result<Option<Bandwidth>, ServiceError> {
+        let id = i64::try_from(image).unwrap_or(i64::MAX);
+        let bps: Option<i64> = self
+            .call(move |c| {
+                c.query_row(
+                    "SELECT fleets.device_bandwidth FROM images
+                     JOIN services ON services.id = images.service
+                     JOIN fleets ON fleets.id = services.fleet WHERE images.id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map(Option::flatten)
+            })
+            .await?;
+        Ok(bps.and_then(|b| Bandwidth::from_bytes_per_second(u64::try_from(b).ok()?)))
+    }
+
     async fn latest_delta(
         &self,
         src: u64,
@@ -642,6 +685,63 @@ mod tests {
             .await
             .unwrap();
         (tmp, store)
+    }
+
+    #[tokio::test]
+    async fn fleet_bandwidth_is_set_read_and_cleared() {
+        let (_tmp, store) = store().await;
+        let (_, b) = pair(&store).await;
+        assert_eq!(store.image_fleet_bandwidth(b).await.unwrap(), None);
+        let half: Bandwidth = "0.5".parse().unwrap();
+        store.set_fleet_bandwidth("f", Some(half)).await.unwrap();
+        assert_eq!(store.image_fleet_bandwidth(b).await.unwrap(), Some(half));
+        // Another fleet's setting does not leak; a new fleet is created by the setting.
+        store
+            .set_fleet_bandwidth("other", Some("10".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(store.image_fleet_bandwidth(b).await.unwrap(), Some(half));
+        let r = store
+            .add_release("other", "ccc333", vec![image("api", 3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.image_fleet_bandwidth(r.images[0].id).await.unwrap(),
+            Some("10".parse().unwrap())
+        );
+        store.set_fleet_bandwidth("f", None).await.unwrap();
+        assert_eq!(store.image_fleet_bandwidth(b).await.unwrap(), None);
+        assert_eq!(store.image_fleet_bandwidth(9999).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_store_is_migrated_with_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("store.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute(
+                "INSERT INTO fleets (name, created_at) VALUES ('old', 1)",
+                [],
+            )
+            .unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .set_fleet_bandwidth("old", Some("2".parse().unwrap()))
+            .await
+            .unwrap();
+        let c = Connection::open(&path).unwrap();
+        let (n, bps): (i64, i64) = c
+            .query_row(
+                "SELECT count(*), max(device_bandwidth) FROM fleets WHERE name = 'old'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, bps), (1, 2_000_000));
     }
 
     /// Two releases of one fleet; returns (source image, target image) of service `web`.

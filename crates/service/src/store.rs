@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bru_delta::Bandwidth;
 use serde::Serialize;
 
 use crate::ServiceError;
@@ -204,6 +205,17 @@ pub trait Store: Send + Sync + Debug {
 
     /// The image with this id.
     async fn image(&self, id: u64) -> Result<Option<ImageRecord>, ServiceError>;
+
+    /// Sets the download bandwidth of a fleet's devices, which deltas of its images are built
+    /// for (`None`: the builder's default); creates the fleet if it does not exist yet.
+    async fn set_fleet_bandwidth(
+        &self,
+        fleet: &str,
+        bandwidth: Option<Bandwidth>,
+    ) -> Result<(), ServiceError>;
+
+    /// The device bandwidth set for the fleet of the image with this id, if any.
+    async fn image_fleet_bandwidth(&self, image: u64) -> Result<Option<Bandwidth>, ServiceError>;
 
     /// The newest row for (src, dest, version) that is `success`, or `running` with a
     /// heartbeat newer than `running_since` (ms since the epoch).

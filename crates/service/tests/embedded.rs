@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bru_core::{prepare_update, DeltaService, PrepareOptions, ReleaseRef, UpdateStatus};
 use bru_service::{ClaimPolicy, DeltaRequest, DeltaStatus, Embedded, DELTA_VERSION};
-use support::{backend, two_images};
+use support::{backend, rebuilt_binary, two_images};
 
 /// Imports releases 1 (v1) and 2 (v2) of one service; returns (src image, dest image).
 async fn import(backend: &Embedded, v1: &str, v2: &str) -> (u64, u64) {
@@ -341,5 +341,52 @@ async fn a_fleet_file_is_imported_once_and_a_malformed_one_is_refused() {
     assert!(
         matches!(&err, bru_service::ServiceError::FleetFile { reason, .. } if reason.contains("releasez")),
         "{err:?}"
+    );
+}
+
+/// Each fleet's deltas are built for its devices' bandwidth: the same image pair costs a fleet
+/// on a slow link fewer bytes than a fleet on a fast one (which gets fewer commands instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_follow_the_fleet_bandwidth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1, v2) = rebuilt_binary(&tmp.path().join("images"));
+    let b = backend(
+        &tmp.path().join("store.sqlite"),
+        &tmp.path().join("deltas"),
+        "a",
+        ClaimPolicy::default(),
+    )
+    .await;
+    let mut sizes = Vec::new();
+    for (fleet, mbps) in [("slow", "0.001"), ("fast", "100000")] {
+        b.store()
+            .set_fleet_bandwidth(fleet, Some(mbps.parse().unwrap()))
+            .await
+            .unwrap();
+        let r1 = b
+            .add_release(fleet, "aaaa1111", &[("app".into(), v1.clone())])
+            .await
+            .unwrap();
+        let r2 = b
+            .add_release(fleet, "bbbb2222", &[("app".into(), v2.clone())])
+            .await
+            .unwrap();
+        let (src, dest) = (r1.images[0].id, r2.images[0].id);
+        b.request(src, dest).await.unwrap();
+        b.wait_for_builds().await;
+        let row = b
+            .store()
+            .newest_delta(src, dest, DELTA_VERSION)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status, DeltaStatus::Success, "{row:?}");
+        sizes.push(row.size.unwrap());
+    }
+    assert!(
+        sizes[0] < sizes[1],
+        "slow {} vs fast {}",
+        sizes[0],
+        sizes[1]
     );
 }

@@ -39,6 +39,25 @@ pub fn two_images(dir: &Path) -> (String, String) {
     )
 }
 
+/// Like [`two_images`], but the app binary is "rebuilt": a byte changed every ~100 bytes,
+/// so deltas for slow and fast device links differ.
+pub fn rebuilt_binary(dir: &Path) -> (String, String) {
+    let layout = OciDir::create(dir).unwrap();
+    let app1 = noise("app", 200_000);
+    let mut app2 = app1.clone();
+    for i in (500..app2.len()).step_by(97) {
+        app2[i] = app2[i].wrapping_add(1);
+    }
+    for (tag, app) in [("v1", app1), ("v2", app2)] {
+        let spec = ImageSpec::new(vec![tar_of(&[("app/bin", &app)])]);
+        layout.write_image(tag, &spec).unwrap();
+    }
+    (
+        format!("oci:{}:v1", dir.display()),
+        format!("oci:{}:v2", dir.display()),
+    )
+}
+
 /// A backend over the database `db` with deltas under `deltas`.
 pub async fn backend(db: &Path, deltas: &Path, owner: &str, policy: ClaimPolicy) -> Embedded {
     let store = SqliteStore::open(db).await.unwrap();
