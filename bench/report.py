@@ -376,7 +376,7 @@ def markdown(data, plot=None):
               "applicable on a balena device.",
               "* Targets are those of `../shared/bench/README.md` (issue 3). Single run, warm page cache; "
               "times under 1 s are ±20 %."]
-    if any(r["device"]["variants"] for r in data["pairs"]):
+    if any(v.get("device") for r in data["pairs"] for v in r["device"]["variants"]):
         lines += report_device.method_lines(data["device_repeat"] or "?",
                                             ", ".join(data.get("device_read_models") or []) or "go-buffer")
         if plot:

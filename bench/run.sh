@@ -114,7 +114,7 @@ if [ -n "$bin" ] && [[ $("$bin" delta --help 2>&1 || true) != *create* ]]; then
 fi
 [ -n "$bin" ] && "$bin" --version >"$res/ours_version.txt" 2>&1 || true
 if [ "$dev" = none ]; then
-  [ -f "$res/device_unavailable.txt" ] || echo "not measured (DEVICE=0)" >"$res/device_unavailable.txt"
+  [ -f "$res/device_unavailable.txt" ] || echo "DEVICE=0 was set" >"$res/device_unavailable.txt"
   dev=
 elif ! "$dev" --version >"$res/device_apply_version.txt" 2>&1; then
   echo "$dev does not run" >"$res/device_unavailable.txt"
