@@ -79,6 +79,9 @@ for spec in "${all_pairs[@]}"; do
     || { echo "run.sh: pair $p ($src -> $dst) is not in the corpus" >&2; exit 2; }
   pairs+=("$spec")
 done
+for p in ${PAIRS:-}; do
+  [[ " ${all_pairs[*]} " == *" $p:"* ]] || { echo "run.sh: unknown pair $p in PAIRS (known: p1 p2 p3 p4)" >&2; exit 2; }
+done
 [ ${#pairs[@]} -gt 0 ] || { echo "run.sh: no pair selected (PAIRS=$PAIRS)" >&2; exit 2; }
 
 # The deltas measured on the device emulation, by the bandwidth (MB/s) they are built for. The 1 MB/s
