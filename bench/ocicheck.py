@@ -5,10 +5,12 @@ usage:
   ocicheck.py applied TARGET_LAYOUT TARGET_TAG APPLIED_LAYOUT APPLIED_TAG
       The applied image must carry the target's config (same digest), the target's diff_ids,
       and layer blobs that decompress to exactly those diff_ids.
-  ocicheck.py delta SOURCE_LAYOUT SOURCE_TAG TARGET_LAYOUT TARGET_TAG DELTA_LAYOUT DELTA_TAG
+  ocicheck.py delta SOURCE_LAYOUT SOURCE_TAG TARGET_LAYOUT TARGET_TAG DELTA_LAYOUT DELTA_TAG [--basis FILE]
       Checks a balena v3 delta image: layer count, labels, and every delta layer patched with
       Debian's `rdiff patch` (an independent librsync) against the concatenated source layers
-      reproduces the target layer's DiffID. Also reports the delta's layer bytes.
+      reproduces the target layer's DiffID. Also reports the delta's layer bytes. --basis FILE:
+      use FILE as the concatenated uncompressed source layers (e.g. v3_baseline.py's basis.tar)
+      instead of decompressing them again; the result then names it in "basis_file".
 
 Both print one JSON object on stdout and exit 0 when every check passed, 1 otherwise.
 """
@@ -102,7 +104,7 @@ def check_applied(target_layout, target_tag, applied_layout, applied_tag):
     return result
 
 
-def check_delta(src_layout, src_tag, dst_layout, dst_tag, delta_layout, delta_tag):
+def check_delta(src_layout, src_tag, dst_layout, dst_tag, delta_layout, delta_tag, basis_file=None):
     s_manifest, s_config_desc, s_config = resolve(src_layout, src_tag)
     _, _, d_config = resolve(dst_layout, dst_tag)
     x_manifest, _, x_config = resolve(delta_layout, delta_tag)
@@ -121,15 +123,19 @@ def check_delta(src_layout, src_tag, dst_layout, dst_tag, delta_layout, delta_ta
         "label_config_match": labels.get("io.resin.delta.config") == d_config.decode(),
         "layer_bytes_total": sum(d["size"] for d in layers),
         "layer_bytes_beyond_prefix": sum(d["size"] for d in layers[k:]),
+        "basis_file": basis_file,
         "layers": [],
     }
     work = tempfile.mkdtemp(prefix="ocicheck-")
     try:
-        basis = os.path.join(work, "basis")
-        with open(basis, "wb") as out:
-            for d in s_manifest["layers"]:
-                with open_layer(src_layout, d) as f:
-                    shutil.copyfileobj(f, out, CHUNK)
+        if basis_file:
+            basis = basis_file
+        else:
+            basis = os.path.join(work, "basis")
+            with open(basis, "wb") as out:
+                for d in s_manifest["layers"]:
+                    with open_layer(src_layout, d) as f:
+                        shutil.copyfileobj(f, out, CHUNK)
         for i, (d, want) in enumerate(zip(layers, d_diff_ids)):
             entry = {"index": i, "blob_bytes": d["size"], "blob_digest_ok": blob_digest_ok(delta_layout, d)}
             if i < k:
@@ -171,11 +177,16 @@ def check_delta(src_layout, src_tag, dst_layout, dst_tag, delta_layout, delta_ta
 
 def main():
     args = sys.argv[1:]
+    basis = None
+    if "--basis" in args:
+        i = args.index("--basis")
+        basis = args[i + 1] if i + 1 < len(args) else sys.exit(__doc__)
+        del args[i:i + 2]
     try:
         if len(args) == 5 and args[0] == "applied":
             result = check_applied(*args[1:])
         elif len(args) == 7 and args[0] == "delta":
-            result = check_delta(*args[1:])
+            result = check_delta(*args[1:], basis_file=basis)
         else:
             sys.exit(__doc__)
     except (OSError, ValueError, KeyError, json.JSONDecodeError, tarfile.TarError, EOFError) as e:
