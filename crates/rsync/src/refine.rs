@@ -305,8 +305,10 @@ mod tests {
     #[test]
     fn keep_length_grows_with_bandwidth() {
         let refiner = |mbps: &str| {
-            let mut opts = MatchOptions::default();
-            opts.device = Some(DeviceCost::for_bandwidth(mbps.parse().unwrap()));
+            let opts = MatchOptions {
+                device: Some(DeviceCost::for_bandwidth(mbps.parse().unwrap())),
+                ..MatchOptions::default()
+            };
             Refiner::new(&opts)
         };
         let bytes_only = Refiner::new(&MatchOptions::default());
