@@ -171,8 +171,22 @@ pub fn rdiff_patch(dir: &Path, basis: &[u8], delta: &[u8]) -> Vec<u8> {
     std::fs::read(&o).unwrap()
 }
 
-/// Checks everything about a delta of `pair`: rdiff rebuilds every target layer,
-/// our apply rebuilds the image ID and DiffIDs, common layers are empty tars.
+/// Rebuilds a target layer from `delta` the way a device does (the device-apply emulation:
+/// the source layers extracted to directories, read file by file, librsync-go's executor)
+/// and returns its DiffID.
+pub fn device_apply(dir: &Path, source_layers: &[Vec<u8>], delta: &[u8]) -> String {
+    let basis = bru_device_apply::DeviceBasis::extract(
+        source_layers.iter().map(|l| &l[..]),
+        &dir.join("device-basis"),
+    )
+    .expect("extract the source layers as a device stores them");
+    let report = bru_device_apply::apply(&basis, delta).expect("device-like apply");
+    std::fs::remove_dir_all(dir.join("device-basis")).unwrap();
+    report.diff_id
+}
+
+/// Checks everything about a delta of `pair`: rdiff and the device emulation rebuild every
+/// target layer, our apply rebuilds the image ID and DiffIDs, common layers are empty tars.
 pub async fn check_round_trip(pair: &Pair) -> DeltaInfo {
     let delta_ref = pair.out("delta");
     let info = create(
@@ -199,6 +213,11 @@ pub async fn check_round_trip(pair: &Pair) -> DeltaInfo {
                     Digest::of(&rebuilt),
                     pair.target.diff_ids[i],
                     "rdiff rebuilt layer {i} wrongly"
+                );
+                assert_eq!(
+                    device_apply(pair.dir.path(), &pair.source_layers, delta),
+                    pair.target.diff_ids[i].to_string(),
+                    "the device emulation rebuilt layer {i} wrongly"
                 );
             }
         }
