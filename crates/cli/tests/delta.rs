@@ -95,6 +95,28 @@ fn create_inspect_apply_round_trip_with_a_stable_json_contract() {
         layers[1]["copied_bytes"].as_u64().unwrap() > 8_000,
         "{created}"
     );
+    let keys: Vec<&str> = layers[1]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "index",
+            "kind",
+            "digest",
+            "compressed_bytes",
+            "delta_bytes",
+            "copied_bytes",
+            "literal_bytes",
+            "copy_commands",
+            "literal_commands"
+        ]
+    );
+    assert!(layers[1]["copy_commands"].as_u64().unwrap() >= 1);
+    assert!(layers[1]["literal_commands"].as_u64().is_some());
     let total = created["total_compressed_bytes"].as_u64().unwrap();
     assert_eq!(total, layers[1]["compressed_bytes"].as_u64().unwrap());
     assert_eq!(

@@ -68,6 +68,13 @@ pub struct LayerInfo {
     /// Bytes of the target layer the delta carries literally (when just built).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub literal_bytes: Option<u64>,
+    /// COPY commands of the delta stream (when just built): each costs a device a basis
+    /// read and file opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_commands: Option<u64>,
+    /// LITERAL commands of the delta stream (when just built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub literal_commands: Option<u64>,
 }
 
 /// Kind of a delta image layer.
@@ -235,6 +242,8 @@ pub async fn create(
                 delta_bytes: None,
                 copied_bytes: None,
                 literal_bytes: None,
+                copy_commands: None,
+                literal_commands: None,
             });
         }
     }
@@ -396,6 +405,8 @@ fn encode_all(
                 delta_bytes: Some(delta_len),
                 copied_bytes: Some(stats.copy_bytes),
                 literal_bytes: Some(stats.literal_bytes),
+                copy_commands: Some(stats.copy_ops),
+                literal_commands: Some(stats.literal_ops),
             },
             desc,
             diff_id: tar_digest,

@@ -54,6 +54,8 @@ pub async fn inspect(delta: &dyn ImageSource) -> Result<DeltaInfo, DeltaError> {
                 delta_bytes: None,
                 copied_bytes: None,
                 literal_bytes: None,
+                copy_commands: None,
+                literal_commands: None,
             }
         })
         .collect();

@@ -173,8 +173,12 @@ pub fn rdiff_patch(dir: &Path, basis: &[u8], delta: &[u8]) -> Vec<u8> {
 
 /// Rebuilds a target layer from `delta` the way a device does (the device-apply emulation:
 /// the source layers extracted to directories, read file by file, librsync-go's executor)
-/// and returns its DiffID.
-pub fn device_apply(dir: &Path, source_layers: &[Vec<u8>], delta: &[u8]) -> String {
+/// and returns what it did.
+pub fn device_apply(
+    dir: &Path,
+    source_layers: &[Vec<u8>],
+    delta: &[u8],
+) -> bru_device_apply::ApplyReport {
     let basis = bru_device_apply::DeviceBasis::extract(
         source_layers.iter().map(|l| &l[..]),
         &dir.join("device-basis"),
@@ -182,7 +186,7 @@ pub fn device_apply(dir: &Path, source_layers: &[Vec<u8>], delta: &[u8]) -> Stri
     .expect("extract the source layers as a device stores them");
     let report = bru_device_apply::apply(&basis, delta).expect("device-like apply");
     std::fs::remove_dir_all(dir.join("device-basis")).unwrap();
-    report.diff_id
+    report
 }
 
 /// Checks everything about a delta of `pair`: rdiff and the device emulation rebuild every
@@ -214,10 +218,21 @@ pub async fn check_round_trip(pair: &Pair) -> DeltaInfo {
                     pair.target.diff_ids[i],
                     "rdiff rebuilt layer {i} wrongly"
                 );
+                let device = device_apply(pair.dir.path(), &pair.source_layers, delta);
                 assert_eq!(
-                    device_apply(pair.dir.path(), &pair.source_layers, delta),
+                    device.diff_id,
                     pair.target.diff_ids[i].to_string(),
                     "the device emulation rebuilt layer {i} wrongly"
+                );
+                // The build's command counts are what a device executes.
+                let layer = &info.layers[i];
+                assert_eq!(
+                    (layer.copy_commands, layer.literal_commands),
+                    (
+                        Some(device.counters.copy_commands),
+                        Some(device.counters.literal_commands)
+                    ),
+                    "layer {i}"
                 );
             }
         }
