@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bru_server::{Auth, Server, ServerConfig, Verifier, MAX_POLL};
+use bru_server::{open_file_limit, Auth, Limits, Server, ServerConfig, Verifier, MAX_POLL};
 use clap::Args;
 
 /// Status codes of /api/v3/delta, for `serve --help`.
@@ -25,7 +25,14 @@ Status codes of /api/v3/delta:
   422  the build failed (remembered; not retried until the cool-down ends), or the image cannot be used
   503  the registry is unreachable or answers 5xx while the images are resolved
   504  the delta is still being built (the build continues); ask again
-  500  the store failed";
+  500  the store failed
+
+Limits:
+  request target (path and query) at most 4 KiB           414
+  request head at most 16 KiB and 64 header fields       431, connection closed
+  a request body (every endpoint is a GET)                413
+  head not complete within --header-timeout-seconds      connection closed
+  more than --max-connections open, all busy             503 Retry-After: 1, connection closed";
 
 /// Serve the supervisor's delta endpoint (GET /api/v3/delta) over an embedded store.
 ///
@@ -71,6 +78,17 @@ pub struct ServeArgs {
     /// A build whose heartbeat is older than this is taken over (its server died).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     stale_seconds: u64,
+    /// Open connections at most; at the cap a new connection closes the one waiting longest
+    /// for a request (503 when all are busy). Lowered at start to the open-file limit less 64.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// A request head (request line and headers) must arrive within this time, counted from
+    /// accept or from its first byte on a kept-alive connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_read_timeout.as_secs())]
+    header_timeout_seconds: u64,
+    /// A kept-alive connection silent for this long between requests is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout_seconds: u64,
 }
 
 /// Runs the server on its own multi-threaded runtime until SIGINT or SIGTERM.
@@ -104,6 +122,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("--stale-seconds must be at least 1");
     }
     config.policy.stale_after = Duration::from_secs(args.stale_seconds);
+    if args.max_connections == 0
+        || args.header_timeout_seconds == 0
+        || args.idle_timeout_seconds == 0
+    {
+        bail!("--max-connections, --header-timeout-seconds and --idle-timeout-seconds must be at least 1");
+    }
+    config.limits.max_connections = args.max_connections;
+    config.limits.header_read_timeout = Duration::from_secs(args.header_timeout_seconds);
+    config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_seconds);
+    let max_connections = config.limits.connection_cap(open_file_limit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,7 +146,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = listener
             .local_addr()
             .context("reading the listen address")?;
-        tracing::warn!(%addr, "serving");
+        tracing::warn!(%addr, max_connections, "serving");
         server.serve(listener, shutdown_signal()).await?;
         tracing::warn!("stopped");
         Ok(ExitCode::SUCCESS)

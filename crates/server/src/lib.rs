@@ -39,6 +39,24 @@
 //! | 504 | the delta is still being built (the build continues) | retries soon, no back-off |
 //! | 500 | the store failed | retries later |
 //!
+//! # Limits
+//!
+//! Every connection and request is bounded ([`Limits`], defaults in brackets):
+//!
+//! | limit | default | beyond it |
+//! |---|---|---|
+//! | open connections (`--max-connections`), fitted to the open-file limit less [`FD_RESERVE`] | 512 | the connection waiting longest for a request is closed to make room; when every connection is answering a request, `503` with `Retry-After: 1` and close |
+//! | request head arrival (`--header-timeout-seconds`), from accept or from the first byte on a kept-alive connection | 10 s | the connection is closed without an answer |
+//! | silence of a kept-alive connection between requests (`--idle-timeout-seconds`) | 60 s | the connection is closed |
+//! | request head (request line and headers) | 16 KiB | `431`, connection closed |
+//! | header fields | 64 | `431`, connection closed |
+//! | request target (path and query) | 4 KiB | `414` |
+//! | request body | none (every endpoint is a `GET`) | `413`, connection closed |
+//!
+//! A request being answered is bounded by its handler (the long-poll budget), not by these
+//! timeouts. `accept` failures such as running out of file descriptors are retried after
+//! 100 ms; the server keeps answering on the connections it has.
+//!
 //! # Tokens
 //!
 //! With a [`Verifier`], requests need `Authorization: Bearer <JWT>`: a Docker token-auth
@@ -67,6 +85,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod conn;
 mod images;
 mod metrics;
 mod pine;
@@ -90,6 +109,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 pub use auth::Verifier;
+pub use conn::{open_file_limit, Limits, FD_RESERVE};
 pub use query::{parse_query, Requested};
 
 use metrics::{BuildHook, Metrics};
@@ -140,10 +160,12 @@ pub struct ServerConfig {
     pub poll: Duration,
     /// Build-once rules (stale builds, failure cool-down).
     pub policy: ClaimPolicy,
+    /// Connection and request limits.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
-    /// Defaults: 20 s long-poll, default claim policy, no registries allowed.
+    /// Defaults: 20 s long-poll, default claim policy and limits, no registries allowed.
     pub fn new(store_dir: impl Into<PathBuf>, auth: Auth) -> Self {
         ServerConfig {
             store_dir: store_dir.into(),
@@ -152,6 +174,7 @@ impl ServerConfig {
             auth,
             poll: Duration::from_secs(20),
             policy: ClaimPolicy::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -205,6 +228,10 @@ impl Server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics_text))
             .with_state(Arc::clone(&self.state))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.config.limits.max_uri_bytes,
+                request_limits,
+            ))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
                 TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -219,9 +246,12 @@ impl Server {
             .layer(SetRequestIdLayer::x_request_id(Counter::default()))
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets open requests finish.
-    /// Builds still running are abandoned; their rows are taken over after the stale limit
-    /// by the next server on the store.
+    /// Serves on `listener` until `shutdown` completes, then closes idle connections and
+    /// lets open requests finish (at most [`MAX_POLL`] and 5 s longer). Builds still running
+    /// are abandoned; their rows are taken over after the stale limit by the next server on
+    /// the store. Connections are held to [`ServerConfig::limits`]; failing `accept`s (such
+    /// as running out of file descriptors) are retried after 100 ms, so the error is
+    /// only returned if the listener cannot be used at all.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -237,12 +267,18 @@ impl Server {
                 }
             })
         };
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve);
+        listener.local_addr().map_err(ServerError::Serve)?;
+        let limits = self.state.config.limits;
+        conn::serve(
+            listener,
+            self.router(),
+            limits,
+            shutdown,
+            MAX_POLL + Duration::from_secs(5),
+        )
+        .await;
         settle.abort();
-        result
+        Ok(())
     }
 }
 
@@ -257,6 +293,32 @@ impl MakeRequestId for Counter {
             .ok()
             .map(RequestId::new)
     }
+}
+
+/// Refuses request targets longer than the limit (414) and requests with a body (413):
+/// every endpoint is a `GET`.
+async fn request_limits(
+    State(max_uri): State<usize>,
+    req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > max_uri {
+        return ApiError::new(414, "the request target is too long").into_response();
+    }
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        let mut response = ApiError::new(413, "requests carry no body").into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(req).await
 }
 
 /// An error answer: a status and a JSON `{"error": …}` body.
