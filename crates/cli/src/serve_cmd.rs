@@ -19,13 +19,15 @@ Endpoints:
 Status codes of /api/v3/delta:
   200  {\"name\":\"HOST/REPO:delta-...\"}: the delta is ready (in the destination repository)
   400  src/dest missing, repeated or malformed; not a registry reference or image id
-  401  token missing, malformed, badly signed, expired or not yet valid; aud is not the destination registry
-  403  registry not on --allow-registry; the token's access claim lacks pull on src or dest repository
-  404  unknown image id, or the registry does not have the image
+  401  token missing, malformed, badly signed, expired or not yet valid; aud does not name both registries
+  403  registry not on --allow-registry; the token's access claim lacks pull on src or dest repository;
+       with a token, an image id it does not grant (unknown ids alike)
+  404  without auth, an unknown image id; the registry does not have the image
   422  the build failed (remembered; not retried until the cool-down ends), or the image cannot be used
   503  the registry is unreachable or answers 5xx while the images are resolved
   504  the delta is still being built (the build continues); ask again
   500  the store failed
+Error bodies: {\"error\": short message, \"request_id\": id}; details are in the log under that id.
 
 Limits:
   request target (path and query) at most 4 KiB           414
