@@ -448,6 +448,25 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_the_idlest_makes_room_unless_all_are_busy() {
+        let table = Table::default();
+        let (first, a) = table.admit(2).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (_, b) = table.admit(2).unwrap();
+        // Full: the connection waiting longest (a) is told to close and removed.
+        let (_, c) = table.admit(2).unwrap();
+        assert_eq!(table.len(), 2);
+        assert!(!table.lock().contains_key(&first));
+        tokio::time::timeout(Duration::from_secs(1), a.close.notified())
+            .await
+            .expect("the evicted connection was not told to close");
+        // Both remaining connections answer requests: nothing can make room.
+        let _busy = (InFlight::start(&b), InFlight::start(&c));
+        assert!(table.admit(2).is_none());
+        assert_eq!(table.len(), 2);
+    }
+
     #[test]
     fn the_busy_answer_is_well_formed() {
         let text = std::str::from_utf8(BUSY).unwrap();
