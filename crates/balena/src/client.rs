@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bru_core::{Delta, DeltaService, DeltaTrigger, Error, Image, Release, ReleaseSource};
+use bru_core::{
+    redact_url, Delta, DeltaService, DeltaTrigger, Error, Image, Release, ReleaseSource,
+};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -117,7 +119,7 @@ impl BalenaClient {
     async fn get(&self, http: &reqwest::Client, url: Url, pine: bool) -> Result<Response, Error> {
         let auth = self.authorization()?;
         let _permit = self.limit.acquire().await.map_err(|e| Error::Network {
-            url: url.to_string(),
+            url: redact_url(url.as_str()).into_owned(),
             source: Box::new(e),
         })?;
         let mut request = http.get(url.clone());
@@ -130,15 +132,15 @@ impl BalenaClient {
                 concat!("balena-release-update/", env!("CARGO_PKG_VERSION")),
             );
         }
-        tracing::debug!(%url, "GET");
+        tracing::debug!(url = %redact_url(url.as_str()), "GET");
         let transport = |e: reqwest::Error| {
             if e.is_timeout() {
                 Error::NetworkTimeout {
-                    url: url.to_string(),
+                    url: redact_url(url.as_str()).into_owned(),
                 }
             } else {
                 Error::Network {
-                    url: url.to_string(),
+                    url: redact_url(url.as_str()).into_owned(),
                     source: Box::new(e.without_url()),
                 }
             }
@@ -157,7 +159,7 @@ impl BalenaClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("application/json"));
         let body = response.bytes().await.map_err(transport)?;
-        tracing::debug!(%url, %status, bytes = body.len(), "response");
+        tracing::debug!(url = %redact_url(url.as_str()), %status, bytes = body.len(), "response");
         Ok(Response {
             url,
             status,
@@ -181,7 +183,7 @@ impl BalenaClient {
         }
         response.check()?;
         let invalid = |reason: String| Error::InvalidResponse {
-            url: response.url.to_string(),
+            url: redact_url(response.url.as_str()).into_owned(),
             reason,
         };
         let value: serde_json::Value = serde_json::from_slice(&response.body)
@@ -321,7 +323,7 @@ impl DeltaService for BalenaClient {
         let response = match self.get(&self.delta, url, false).await {
             Ok(response) => response,
             Err(Error::NetworkTimeout { url }) => {
-                tracing::debug!(%url, "delta request timed out; assuming it is being built");
+                tracing::debug!(url = %redact_url(&url), "delta request timed out; assuming it is being built");
                 return Ok(DeltaTrigger::Building);
             }
             Err(e) => return Err(e),

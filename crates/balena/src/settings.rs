@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::SettingsError;
 
@@ -114,7 +114,7 @@ fn read_config_file(path: &Path) -> Result<Option<BTreeMap<String, Value>>, Sett
         path: path.to_owned(),
         reason,
     };
-    let value: Value = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let value: Value = serde_yaml_ng::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     match value {
         Value::Mapping(map) => Ok(Some(
             map.into_iter()

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bru_server::{Auth, Server, ServerConfig, Verifier, MAX_POLL};
+use bru_server::{open_file_limit, Auth, Limits, Server, ServerConfig, Verifier, MAX_POLL};
 use bru_service::Bandwidth;
 use clap::Args;
 
@@ -20,13 +20,22 @@ Endpoints:
 Status codes of /api/v3/delta:
   200  {\"name\":\"HOST/REPO:delta-...\"}: the delta is ready (in the destination repository)
   400  src/dest missing, repeated or malformed; not a registry reference or image id
-  401  token missing, malformed, badly signed, expired or not yet valid; aud is not the destination registry
-  403  registry not on --allow-registry; the token's access claim lacks pull on src or dest repository
-  404  unknown image id, or the registry does not have the image
+  401  token missing, malformed, badly signed, expired or not yet valid; aud does not name both registries
+  403  registry not on --allow-registry; the token's access claim lacks pull on src or dest repository;
+       with a token, an image id it does not grant (unknown ids alike)
+  404  without auth, an unknown image id; the registry does not have the image
   422  the build failed (remembered; not retried until the cool-down ends), or the image cannot be used
   503  the registry is unreachable or answers 5xx while the images are resolved
   504  the delta is still being built (the build continues); ask again
-  500  the store failed";
+  500  the store failed
+Error bodies: {\"error\": short message, \"request_id\": id}; details are in the log under that id.
+
+Limits:
+  request target (path and query) at most 4 KiB           414
+  request head at most 16 KiB and 64 header fields       431, connection closed
+  a request body (every endpoint is a GET)                413
+  head not complete within --header-timeout-seconds      connection closed
+  more than --max-connections open, all busy             503 Retry-After: 1, connection closed";
 
 /// Serve the supervisor's delta endpoint (GET /api/v3/delta) over an embedded store.
 ///
@@ -76,6 +85,17 @@ pub struct ServeArgs {
     /// apply when fast), unless the fleet has its own (`release set-bandwidth`).
     #[arg(long, value_name = "MBPS", default_value = "1")]
     device_bandwidth: Bandwidth,
+    /// Open connections at most; at the cap a new connection closes the one waiting longest
+    /// for a request (503 when all are busy). Lowered at start to the open-file limit less 64.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// A request head (request line and headers) must arrive within this time, counted from
+    /// accept or from its first byte on a kept-alive connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_read_timeout.as_secs())]
+    header_timeout_seconds: u64,
+    /// A kept-alive connection silent for this long between requests is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout_seconds: u64,
 }
 
 /// Runs the server on its own multi-threaded runtime until SIGINT or SIGTERM.
@@ -110,6 +130,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.policy.stale_after = Duration::from_secs(args.stale_seconds);
     config.device_bandwidth = Some(args.device_bandwidth);
+    if args.max_connections == 0
+        || args.header_timeout_seconds == 0
+        || args.idle_timeout_seconds == 0
+    {
+        bail!("--max-connections, --header-timeout-seconds and --idle-timeout-seconds must be at least 1");
+    }
+    config.limits.max_connections = args.max_connections;
+    config.limits.header_read_timeout = Duration::from_secs(args.header_timeout_seconds);
+    config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_seconds);
+    let max_connections = config.limits.connection_cap(open_file_limit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,7 +154,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = listener
             .local_addr()
             .context("reading the listen address")?;
-        tracing::warn!(%addr, "serving");
+        tracing::warn!(%addr, max_connections, "serving");
         server.serve(listener, shutdown_signal()).await?;
         tracing::warn!("stopped");
         Ok(ExitCode::SUCCESS)

@@ -288,3 +288,59 @@ async fn a_killed_build_leaves_no_partial_delta_and_is_taken_over() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// Issue 8: 300 stalled connections under a 256 open-file limit must not lock out
+/// `/healthz`. The cap is fitted below the limit and the idlest connection makes room.
+#[cfg(target_os = "linux")]
+#[test]
+fn healthz_answers_with_more_stalled_connections_than_file_descriptors() {
+    let store = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--store"])
+        .arg(store.path())
+        // Only the cap can make room: the header timeout is beyond the test.
+        .args(["--header-timeout-seconds", "3600"])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut log = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no serving line: {log}"
+        );
+        log.push_str(&line);
+        if let Some((_, rest)) = line.split_once("addr=") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // 256 open files less the 64 kept for the store, registries and builds.
+    assert!(line.contains("max_connections=192"), "{log}");
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.write_all(b"GET /heal").unwrap();
+        stalled.push(c);
+    }
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    drop(stalled);
+    let _ = child.kill();
+    let _ = child.wait();
+}

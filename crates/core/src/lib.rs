@@ -25,12 +25,14 @@
 mod backend;
 mod error;
 mod model;
+mod redact;
 mod report;
 mod update;
 
 pub use backend::{DeltaService, ReleaseSource};
 pub use error::Error;
 pub use model::{Delta, DeltaTrigger, Image, Release, ReleaseRef, ServiceImage};
+pub use redact::{redact_text, redact_url};
 pub use report::{
     DeltaInfo, ImageInfo, ProducedImage, ReleaseInfo, RemovedService, ServiceUpdate, UpdateInfo,
     UpdateStatus,

@@ -450,7 +450,7 @@ impl Client {
                 && (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
             {
                 attempt += 1;
-                tracing::debug!(%url, status = status.as_u16(), attempt, "retrying");
+                tracing::debug!(url = %bru_core::redact_url(url), status = status.as_u16(), attempt, "retrying");
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 continue;
             }

@@ -52,7 +52,7 @@ impl Verifier {
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, String> {
         let mut validation = Validation::new(self.algorithm);
         validation.validate_nbf = true;
-        // The audience is checked by the caller against the destination registry.
+        // The audience is checked by the caller against both registries of a request.
         validation.validate_aud = false;
         validation.leeway = 10;
         jsonwebtoken::decode::<Claims>(token, &self.key, &validation)
@@ -88,10 +88,11 @@ struct Access {
 }
 
 impl Claims {
-    /// True when the token has no `aud`, or `aud` names `host`.
+    /// True when `aud` names `host`. A token without `aud` is for no registry: with more
+    /// than one registry allowed it could otherwise read all of them.
     pub(crate) fn audience_allows(&self, host: &str) -> bool {
         match &self.aud {
-            None => true,
+            None => false,
             Some(Audience::One(a)) => a == host,
             Some(Audience::Many(all)) => all.iter().any(|a| a == host),
         }
@@ -130,8 +131,8 @@ mod tests {
     }
 
     #[test]
-    fn audience_is_optional_but_must_match() {
-        assert!(claims("{}").audience_allows("reg.example:5000"));
+    fn audience_is_required_and_must_match() {
+        assert!(!claims("{}").audience_allows("reg.example:5000"));
         assert!(claims(r#"{"aud":"reg.example:5000"}"#).audience_allows("reg.example:5000"));
         assert!(!claims(r#"{"aud":"reg.example"}"#).audience_allows("reg.example:5000"));
         assert!(claims(r#"{"aud":["x","reg"]}"#).audience_allows("reg"));

@@ -110,21 +110,22 @@ fn service_of(r: &RegistryReference) -> String {
 }
 
 /// Unreachable registries are temporary (503); a missing image is 404; anything else about
-/// the image (unsupported, malformed, refused credentials) is a permanent 422.
+/// the image (unsupported, malformed, refused credentials) is a permanent 422. The answer
+/// names no URL: the registry's error goes to the log.
 fn read_error(e: ServiceError) -> ApiError {
-    let ServiceError::Image { reference, source } = &e else {
+    let ServiceError::Image { source, .. } = &e else {
         return ApiError::internal(&e);
     };
-    let message = format!("{e}: {source}");
+    let detail = format!("{e}: {source}");
     match source {
-        OciError::Http { .. } => ApiError::new(503, message),
+        OciError::Http { .. } => ApiError::new(503, "the registry is unavailable").detail(detail),
         OciError::Registry { status, .. } if *status >= 500 || *status == 429 => {
-            ApiError::new(503, message)
+            ApiError::new(503, "the registry is unavailable").detail(detail)
         }
         OciError::NotFound { .. } | OciError::Registry { status: 404, .. } => {
-            ApiError::new(404, format!("image {reference} not found"))
+            ApiError::new(404, "the registry does not have the image").detail(detail)
         }
-        _ => ApiError::new(422, message),
+        _ => ApiError::new(422, "the image cannot be used").detail(detail),
     }
 }
 

@@ -22,29 +22,57 @@
 //! # Status codes of `/api/v3/delta`
 //!
 //! Checks run in this order: the query (400), the token's signature and times (401), the
-//! allow list (403), store image ids (404), the token's audience (401) and access (403),
-//! reading the images (404, 422, 503), then the build (200, 422, 504). Nothing touches the
-//! network before the allow list has passed. Store image ids are not subject to the allow
-//! list: their locations were recorded by the operator.
+//! allow list (403), then for each registry reference the token's audience (401) and access
+//! (403), all before the store is read or the network touched. Image ids come next: without
+//! auth an unknown id is 404; with a token an id answers 403 alike whether it is unknown, not
+//! on a registry, or on a registry or repository the token does not grant, so ids cannot be
+//! enumerated. Then reading the images (404, 422, 503) and the build (200, 422, 504). Store
+//! image ids are not subject to the allow list: their locations were recorded by the
+//! operator.
+//!
+//! Error bodies are `{"error": MESSAGE, "request_id": ID}`: a short message that names
+//! nothing but what the client sent, and the request id under which the log has the details
+//! (registry errors, build errors, store errors). Server paths, registry URLs and internal
+//! error text never reach a body. Logged request targets and URLs have their credentials
+//! masked (`access_token=***`, `user:***@`); the `Authorization` header is never logged.
 //!
 //! | status | when | device reaction |
 //! |---|---|---|
 //! | 200 `{"name":"HOST/REPO:delta-…"}` | the delta is ready; it lives in the destination repository | pulls it with the same token |
 //! | 400 | `src`/`dest` missing, repeated or malformed; a non-registry reference | falls back to a regular pull |
-//! | 401 | token missing, malformed, badly signed, expired, not yet valid, or its `aud` is not the destination registry | retries later |
-//! | 403 | a registry not on the allow list; the token's `access` lacks `pull` on either repository; with auth, a store image that is not on a registry | falls back |
-//! | 404 | an image id unknown to the store, or an image the registry does not have | falls back |
+//! | 401 | token missing, malformed, badly signed, expired, not yet valid, or its `aud` does not name the registry of a reference (either side) | retries later |
+//! | 403 | a registry not on the allow list; the token's `access` lacks `pull` on either repository; with a token, any image id it does not grant (unknown ids included) | falls back |
+//! | 404 | without auth, an image id unknown to the store; an image the registry does not have | falls back |
 //! | 422 | the build failed (the error is remembered and the pair is not retried until the cool-down ends), or the image cannot be used | falls back |
 //! | 503 | the registry is unreachable, answers 5xx, or does not answer within the budget while the images are resolved | retries later |
 //! | 504 | the delta is still being built (the build continues) | retries soon, no back-off |
 //! | 500 | the store failed | retries later |
 //!
+//! # Limits
+//!
+//! Every connection and request is bounded ([`Limits`], defaults in brackets):
+//!
+//! | limit | default | beyond it |
+//! |---|---|---|
+//! | open connections (`--max-connections`), fitted to the open-file limit less [`FD_RESERVE`] | 512 | the connection waiting longest for a request is closed to make room; when every connection is answering a request, `503` with `Retry-After: 1` and close |
+//! | request head arrival (`--header-timeout-seconds`), from accept or from the first byte on a kept-alive connection | 10 s | the connection is closed without an answer |
+//! | silence of a kept-alive connection between requests (`--idle-timeout-seconds`) | 60 s | the connection is closed |
+//! | request head (request line and headers) | 16 KiB | `431`, connection closed |
+//! | header fields | 64 | `431`, connection closed |
+//! | request target (path and query) | 4 KiB | `414` |
+//! | request body | none (every endpoint is a `GET`) | `413`, connection closed |
+//!
+//! A request being answered is bounded by its handler (the long-poll budget), not by these
+//! timeouts. `accept` failures such as running out of file descriptors are retried after
+//! 100 ms; the server keeps answering on the connections it has.
+//!
 //! # Tokens
 //!
 //! With a [`Verifier`], requests need `Authorization: Bearer <JWT>`: a Docker token-auth
 //! token as balena's API issues to devices (ES256 or RS256, following the key type). `exp`
-//! is required, `nbf` is checked when present (10 s leeway), `aud` must name the destination
-//! registry when present, and `access` must grant `pull` on both repositories
+//! is required, `nbf` is checked when present (10 s leeway), `aud` is required and must name
+//! the registry of both images (a token for one allowed registry cannot read images of
+//! another), and `access` must grant `pull` on both repositories
 //! (`{"type":"repository","name":"<repo path without host>","actions":["pull"]}`).
 //!
 //! # Running next to openBalena
@@ -67,6 +95,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod conn;
 mod images;
 mod metrics;
 mod pine;
@@ -90,6 +119,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 pub use auth::Verifier;
+pub use conn::{open_file_limit, Limits, FD_RESERVE};
 pub use query::{parse_query, Requested};
 
 use metrics::{BuildHook, Metrics};
@@ -143,11 +173,13 @@ pub struct ServerConfig {
     /// Download bandwidth of the devices deltas are built for, unless their fleet in the
     /// store has its own; `None` builds the fewest bytes.
     pub device_bandwidth: Option<Bandwidth>,
+    /// Connection and request limits.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
-    /// Defaults: 20 s long-poll, default claim policy, no registries allowed, deltas for
-    /// devices at 1 MB/s.
+    /// Defaults: 20 s long-poll, default claim policy and limits, no registries allowed,
+    /// deltas for devices at 1 MB/s.
     pub fn new(store_dir: impl Into<PathBuf>, auth: Auth) -> Self {
         ServerConfig {
             store_dir: store_dir.into(),
@@ -157,6 +189,7 @@ impl ServerConfig {
             poll: Duration::from_secs(20),
             policy: ClaimPolicy::default(),
             device_bandwidth: Some(Bandwidth::default()),
+            limits: Limits::default(),
         }
     }
 }
@@ -211,6 +244,11 @@ impl Server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics_text))
             .with_state(Arc::clone(&self.state))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.config.limits.max_uri_bytes,
+                request_limits,
+            ))
+            .layer(axum::middleware::from_fn(error_body))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
                 TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -219,15 +257,20 @@ impl Server {
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!("request", id, method = %req.method(), uri = %req.uri())
+                    let target = req.uri().to_string();
+                    let uri = bru_core::redact_url(&target);
+                    tracing::info_span!("request", id, method = %req.method(), %uri)
                 }),
             )
             .layer(SetRequestIdLayer::x_request_id(Counter::default()))
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets open requests finish.
-    /// Builds still running are abandoned; their rows are taken over after the stale limit
-    /// by the next server on the store.
+    /// Serves on `listener` until `shutdown` completes, then closes idle connections and
+    /// lets open requests finish (at most [`MAX_POLL`] and 5 s longer). Builds still running
+    /// are abandoned; their rows are taken over after the stale limit by the next server on
+    /// the store. Connections are held to [`ServerConfig::limits`]; failing `accept`s (such
+    /// as running out of file descriptors) are retried after 100 ms, so the error is
+    /// only returned if the listener cannot be used at all.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -243,12 +286,18 @@ impl Server {
                 }
             })
         };
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve);
+        listener.local_addr().map_err(ServerError::Serve)?;
+        let limits = self.state.config.limits;
+        conn::serve(
+            listener,
+            self.router(),
+            limits,
+            shutdown,
+            MAX_POLL + Duration::from_secs(5),
+        )
+        .await;
         settle.abort();
-        result
+        Ok(())
     }
 }
 
@@ -265,36 +314,104 @@ impl MakeRequestId for Counter {
     }
 }
 
-/// An error answer: a status and a JSON `{"error": …}` body.
+/// Refuses request targets longer than the limit (414) and requests with a body (413):
+/// every endpoint is a `GET`.
+async fn request_limits(
+    State(max_uri): State<usize>,
+    req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > max_uri {
+        return ApiError::new(414, "the request target is too long").into_response();
+    }
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        let mut response = ApiError::new(413, "requests carry no body").into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(req).await
+}
+
+/// An error answer: a status, a short public message, and details for the log only.
+///
+/// Bodies are `{"error": MESSAGE, "request_id": ID}`. Messages never carry server paths,
+/// registry URLs or the text of internal errors; those go to the log as `detail`, in the
+/// request's span (which has the same request id).
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
+    detail: Option<String>,
 }
 
+/// The public message of an error answer, for [`error_body`].
+#[derive(Debug, Clone)]
+struct PublicError(String);
+
 impl ApiError {
+    /// `message` is sent to the client: it may only say what the client sent or a fixed text.
     pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             message: message.into(),
+            detail: None,
         }
     }
 
+    /// Adds details for the log (URLs in them are redacted).
+    pub(crate) fn detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(bru_core::redact_text(&detail.to_string()).into_owned());
+        self
+    }
+
     pub(crate) fn internal(e: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "internal error");
-        ApiError::new(500, "internal error")
+        ApiError::new(500, "internal error").detail(e)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.message }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        let detail = self.detail.as_deref().unwrap_or("");
+        if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
+            tracing::warn!(status = %self.status, error = %self.message, detail, "request failed");
         } else {
-            (self.status, body).into_response()
+            tracing::info!(status = %self.status, reason = %self.message, detail, "request refused");
         }
+        let mut response = Json(serde_json::json!({ "error": self.message })).into_response();
+        *response.status_mut() = self.status;
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(PublicError(self.message));
+        response
     }
+}
+
+/// Puts the request id into the body of error answers.
+async fn error_body(req: Request<axum::body::Body>, next: axum::middleware::Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut response = next.run(req).await;
+    let Some(PublicError(message)) = response.extensions_mut().remove::<PublicError>() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::json!({ "error": message, "request_id": id }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -329,14 +446,7 @@ async fn delta(
     let started = tokio::time::Instant::now();
     let response = match answer(&state, query.as_deref().unwrap_or(""), &headers, started).await {
         Ok(name) => (StatusCode::OK, Json(serde_json::json!({ "name": name }))).into_response(),
-        Err(e) => {
-            if e.status.is_server_error() && e.status != StatusCode::GATEWAY_TIMEOUT {
-                tracing::warn!(status = %e.status, error = %e.message, "delta request failed");
-            } else {
-                tracing::info!(status = %e.status, reason = %e.message, "delta request answered");
-            }
-            e.into_response()
-        }
+        Err(e) => e.into_response(),
     };
     state.metrics.request(response.status().as_u16());
     response
@@ -369,48 +479,19 @@ async fn answer(
             }
         }
     }
-    // Store images first: they need no network.
-    let src_known = known(state, &src).await?;
-    let dest_known = known(state, &dest).await?;
+    // The token is checked before the store is read. References name their registry and
+    // repository, so they are checked as given. An image id can only be checked once it is
+    // looked up; with a token every failure about an id (unknown, not on a registry, not
+    // granted) answers the same 403, so ids cannot be enumerated.
     if let Some(claims) = &claims {
-        let host = match (&dest, &dest_known) {
-            (Requested::Registry(r), _) => r.registry.clone(),
-            (_, Some(side)) => match &side.registry {
-                Some(r) => r.registry.clone(),
-                None => {
-                    return Err(ApiError::new(
-                        403,
-                        "the destination image is not on a registry",
-                    ))
-                }
-            },
-            _ => return Err(ApiError::internal(&"destination unresolved")),
-        };
-        if !claims.audience_allows(&host) {
-            return Err(ApiError::new(
-                401,
-                format!("the token is not for registry {host}"),
-            ));
-        }
-        for (side, known) in [(&src, &src_known), (&dest, &dest_known)] {
-            let repo = match (side, known) {
-                (Requested::Registry(r), _) => r.repository.clone(),
-                (
-                    _,
-                    Some(Side {
-                        registry: Some(r), ..
-                    }),
-                ) => r.repository.clone(),
-                _ => return Err(ApiError::new(403, "the image is not on a registry")),
-            };
-            if !claims.grants_pull(&repo) {
-                return Err(ApiError::new(
-                    403,
-                    format!("the token does not grant pull on {repo}"),
-                ));
+        for side in [&src, &dest] {
+            if let Requested::Registry(r) = side {
+                check_token(claims, &r.registry, &r.repository)?;
             }
         }
     }
+    let src_known = known(state, &src, claims.as_ref()).await?;
+    let dest_known = known(state, &dest, claims.as_ref()).await?;
     // A slow registry must not hold the device past the budget either.
     let sides = async {
         let src = resolve(state, &src, src_known).await?;
@@ -439,7 +520,24 @@ fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<auth::Claims
         .ok_or_else(|| ApiError::new(401, "expected Authorization: Bearer <token>"))?;
     verifier
         .verify(token)
-        .map_err(|reason| ApiError::new(401, format!("invalid token: {reason}")))
+        .map_err(|reason| ApiError::new(401, "invalid token").detail(reason))
+}
+
+/// The token must be for `registry` (`aud`) and grant `pull` on `repository` (`access`).
+fn check_token(claims: &auth::Claims, registry: &str, repository: &str) -> Result<(), ApiError> {
+    if !claims.audience_allows(registry) {
+        return Err(ApiError::new(
+            401,
+            format!("the token is not for registry {registry}"),
+        ));
+    }
+    if !claims.grants_pull(repository) {
+        return Err(ApiError::new(
+            403,
+            format!("the token does not grant pull on {repository}"),
+        ));
+    }
+    Ok(())
 }
 
 fn registry_allowed(allowed: &[String], registry: &str) -> bool {
@@ -449,24 +547,48 @@ fn registry_allowed(allowed: &[String], registry: &str) -> bool {
         .any(|a| a == registry || (!a.contains(':') && a == host))
 }
 
-/// Image ids are looked up in the store; registry references are resolved later.
-async fn known(state: &AppState, side: &Requested) -> Result<Option<Side>, ApiError> {
+/// Image ids are looked up in the store (and, with a token, checked against it); registry
+/// references are resolved later.
+async fn known(
+    state: &AppState,
+    side: &Requested,
+    claims: Option<&auth::Claims>,
+) -> Result<Option<Side>, ApiError> {
     let Requested::Id(id) = side else {
         return Ok(None);
     };
-    let image = state
+    let found = state
         .backend
         .store()
         .image(*id)
         .await
         .map_err(|e| ApiError::internal(&e))?
-        .filter(|i| i.status == "success")
-        .ok_or_else(|| ApiError::new(404, format!("no image with id {id}")))?;
-    let registry = match image.location.parse::<ImageReference>() {
-        Ok(ImageReference::Registry(r)) => Some(r),
-        _ => None,
+        .filter(|i| i.status == "success");
+    let side = found.map(|image| {
+        let registry = match image.location.parse::<ImageReference>() {
+            Ok(ImageReference::Registry(r)) => Some(r),
+            _ => None,
+        };
+        Side { image, registry }
+    });
+    let Some(claims) = claims else {
+        return side
+            .map(Some)
+            .ok_or_else(|| ApiError::new(404, format!("no image with id {id}")));
     };
-    Ok(Some(Side { image, registry }))
+    let granted = match &side {
+        Some(Side {
+            registry: Some(r), ..
+        }) => check_token(claims, &r.registry, &r.repository).map_err(|e| e.message),
+        Some(_) => Err("the image is not on a registry".to_string()),
+        None => Err("no such image".to_string()),
+    };
+    match granted {
+        Ok(()) => Ok(side),
+        Err(why) => Err(
+            ApiError::new(403, format!("the token does not grant pull on image {id}")).detail(why),
+        ),
+    }
 }
 
 async fn resolve(
@@ -506,13 +628,8 @@ async fn wait_for_delta(
                     .ok_or_else(|| ApiError::internal(&"a successful delta has no location"));
             }
             Ok(DeltaRequest::Failed(row)) => {
-                return Err(ApiError::new(
-                    422,
-                    format!(
-                        "the delta build failed: {}",
-                        row.error_message.as_deref().unwrap_or("unknown error")
-                    ),
-                ));
+                return Err(ApiError::new(422, "the delta build failed")
+                    .detail(row.error_message.as_deref().unwrap_or("unknown error")));
             }
             Ok(DeltaRequest::Building) => {}
             Err(e) => return Err(ApiError::internal(&e)),
@@ -528,6 +645,39 @@ async fn wait_for_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn error_bodies_carry_the_request_id_and_no_details() {
+        async fn failing() -> ApiError {
+            ApiError::internal(
+                &"open /var/lib/bru/state/store.sqlite via https://u:pw@reg/v2?token=x",
+            )
+        }
+        let router = Router::new()
+            .route("/", get(failing))
+            .layer(axum::middleware::from_fn(error_body));
+        let request = Request::builder()
+            .uri("/")
+            .header("x-request-id", "req-7")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "internal error", "request_id": "req-7"})
+        );
+        let detail = ApiError::internal(&"fetch https://u:pw@reg/v2?token=x").detail;
+        assert_eq!(
+            detail.as_deref(),
+            Some("fetch https://u:***@reg/v2?token=***")
+        );
+    }
 
     #[test]
     fn allow_list_matches_host_or_host_and_port() {

@@ -4,73 +4,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
 use bru_delta::{ApplyOptions, NoProgress};
 use bru_oci::{open_sink, open_source, tar_of, ImageReference, ImageSpec, OciDir, RegistryOptions};
 use bru_server::{Auth, Server, ServerConfig, Verifier};
 use bru_test_support::{unique_repo, TestRegistry};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+use common::{claims, now, TestKey};
 
-/// A test-only EC P-256 key pair: the PKCS#8 private key and the PEM public key.
-struct TestKey {
-    pkcs8: Vec<u8>,
-    public_pem: String,
-}
-
-impl TestKey {
-    fn generate() -> TestKey {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        // SubjectPublicKeyInfo: id-ecPublicKey, prime256v1, then the uncompressed point.
-        let mut spki = vec![
-            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
-            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-        ];
-        spki.extend_from_slice(pair.public_key().as_ref());
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&spki);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        TestKey {
-            pkcs8: pkcs8.as_ref().to_vec(),
-            public_pem: format!(
-                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-                lines.join("\n")
-            ),
-        }
-    }
-
-    fn sign(&self, claims: &serde_json::Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("test".into());
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&self.pkcs8)).unwrap()
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Claims as balena's API issues them: pull on each of `repos`.
-fn claims(aud: &str, repos: &[&str], exp: i64) -> serde_json::Value {
-    let access: Vec<_> = repos
-        .iter()
-        .map(|r| serde_json::json!({"type": "repository", "name": r, "actions": ["pull"]}))
-        .collect();
-    serde_json::json!({"iss": "api.test", "sub": "d_device", "aud": aud, "jti": "1",
-                       "exp": exp, "nbf": now() - 10, "access": access})
-}
+mod common;
 
 /// Deterministic, poorly compressible bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -494,12 +436,25 @@ async fn a_failed_build_is_422_and_remembered() {
             .unwrap();
         ids.push(release.images[0].id.to_string());
     }
+    let layout_path = layout_dir.path().display().to_string();
     drop(layout_dir);
 
     let (status, body, _) = poll_until_ready(addr, &ids[0], &ids[1], None).await;
     assert_eq!(status, 422, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("build failed"),
+        "{body}"
+    );
+    // The build error names the vanished layout: that goes to the log, not to the device.
+    let text = body.to_string();
+    assert!(
+        !text.contains(&layout_path) && !text.contains("oci:"),
+        "{text}"
+    );
+    assert!(
+        body["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("req-")),
         "{body}"
     );
     // Asked again: the failure is remembered, not rebuilt.
