@@ -17,7 +17,9 @@ mod patch;
 mod refine;
 pub mod tar;
 
-pub use device::{Bandwidth, BandwidthError, BasisLayout, DeviceCost, DEVICE_READ_BYTES};
+pub use device::{
+    Bandwidth, BandwidthError, BasisLayout, DeviceCost, DEVICE_READ_BYTES, LAYER_READ_ENDS,
+};
 pub use encode::{DeltaStats, DeltaWriter};
 pub use format::{copy_cost, literal_header_cost, DELTA_MAGIC};
 pub use matcher::{diff, diff_with_layout, BasisIndex, Hint, MatchOptions};
