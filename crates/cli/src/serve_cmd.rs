@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// apply when fast), unless the fleet has its own (`release set-bandwidth`).
     #[arg(long, value_name = "MBPS", default_value = "1")]
     device_bandwidth: Bandwidth,
+    /// Reuse a tag's resolution to an image for this long before asking the registry again
+    /// (0: ask on every request). A moved tag is seen at most this late.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    tag_cache_seconds: u64,
     /// Open connections at most; at the cap a new connection closes the one waiting longest
     /// for a request (503 when all are busy). Lowered at start to the open-file limit less 64.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
@@ -130,6 +134,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.policy.stale_after = Duration::from_secs(args.stale_seconds);
     config.device_bandwidth = Some(args.device_bandwidth);
+    config.tag_ttl = Duration::from_secs(args.tag_cache_seconds);
     if args.max_connections == 0
         || args.header_timeout_seconds == 0
         || args.idle_timeout_seconds == 0

@@ -100,6 +100,7 @@ mod images;
 mod metrics;
 mod pine;
 mod query;
+mod tags;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,6 +124,7 @@ pub use conn::{open_file_limit, Limits, FD_RESERVE};
 pub use query::{parse_query, Requested};
 
 use metrics::{BuildHook, Metrics};
+use tags::TagCache;
 
 /// The longest a delta request is held open: below the 25 s every supervisor tolerates.
 pub const MAX_POLL: Duration = Duration::from_secs(24);
@@ -175,6 +177,9 @@ pub struct ServerConfig {
     pub device_bandwidth: Option<Bandwidth>,
     /// Connection and request limits.
     pub limits: Limits,
+    /// How long a tag's resolution to an image is reused before the registry is asked
+    /// again (see the `tags` module; zero asks every time). Default 30 s.
+    pub tag_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -190,6 +195,7 @@ impl ServerConfig {
             policy: ClaimPolicy::default(),
             device_bandwidth: Some(Bandwidth::default()),
             limits: Limits::default(),
+            tag_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -199,6 +205,7 @@ struct AppState {
     backend: Embedded,
     config: ServerConfig,
     metrics: Arc<Metrics>,
+    tags: TagCache,
 }
 
 /// A delta server over one store.
@@ -224,6 +231,7 @@ impl Server {
         Ok(Server {
             state: Arc::new(AppState {
                 backend,
+                tags: TagCache::new(config.tag_ttl),
                 config,
                 metrics,
             }),
@@ -598,11 +606,22 @@ async fn resolve(
 ) -> Result<Side, ApiError> {
     match (side, known) {
         (_, Some(side)) => Ok(side),
-        (Requested::Registry(r), None) => Ok(Side {
-            image: images::registry_image(&**state.backend.store(), &state.config.registry, r)
-                .await?,
-            registry: Some(r.clone()),
-        }),
+        (Requested::Registry(r), None) => {
+            let image = match state.tags.get(r) {
+                Some(image) => image,
+                None => {
+                    let image =
+                        images::registry_image(&**state.backend.store(), &state.config.registry, r)
+                            .await?;
+                    state.tags.put(r, &image);
+                    image
+                }
+            };
+            Ok(Side {
+                image,
+                registry: Some(r.clone()),
+            })
+        }
         (Requested::Id(id), None) => Err(ApiError::new(404, format!("no image with id {id}"))),
     }
 }

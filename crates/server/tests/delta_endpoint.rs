@@ -491,3 +491,53 @@ async fn shutdown_stops_the_server() {
         .await
         .is_err());
 }
+
+/// A device polling by tag does not make the server ask the registry on every poll: within the
+/// tag TTL a moved tag still names the image it named before (same delta, no new build); with
+/// a zero TTL the registry is asked every time and the move is seen at once.
+#[tokio::test]
+async fn tags_are_resolved_once_per_ttl() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let src_tag = format!("{}/{}:v1", images.registry, images.src_repo);
+    let dest_tag = format!("{}/{}:v2", images.registry, images.dest_repo);
+    let open = |ttl: Duration| {
+        let images = &images;
+        async move {
+            let store = tempfile::tempdir().unwrap();
+            let mut config = ServerConfig::new(store.path(), Auth::None);
+            config.registry = images.opts.clone();
+            config.allowed_registries = vec![images.registry.clone()];
+            config.poll = Duration::from_secs(5);
+            config.tag_ttl = ttl;
+            let server = Server::open(config).await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(server.clone().serve(listener, std::future::pending()));
+            (addr, server, store)
+        }
+    };
+    let (cached, cached_server, _s1) = open(Duration::from_secs(3600)).await;
+    let (uncached, uncached_server, _s2) = open(Duration::ZERO).await;
+    for addr in [cached, uncached] {
+        let (status, body, _) = poll_until_ready(addr, &src_tag, &dest_tag, None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, before) = ask(cached, &src_tag, &dest_tag, None).await;
+
+    // Move the source tag to the destination's content: a different source image.
+    let layout = images._tmp.path().join("images");
+    copy(
+        &format!("oci:{}:v2", layout.display()),
+        &src_tag,
+        &images.opts,
+    )
+    .await;
+
+    let (status, after) = ask(cached, &src_tag, &dest_tag, None).await;
+    assert_eq!((status, &after), (200, &before));
+    assert_eq!(cached_server.backend().builder().builds_started(), 1);
+    let (status, body) = ask(uncached, &src_tag, &dest_tag, None).await;
+    assert!(status != 200 || body != before, "{status} {body}");
+    assert_eq!(uncached_server.backend().builder().builds_started(), 2);
+}
