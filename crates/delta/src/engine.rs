@@ -20,6 +20,11 @@ use memmap2::{Mmap, UncheckedAdvice};
 /// Target bytes encoded per window.
 const WINDOW: usize = 8 << 20;
 
+/// Windows matched at once: their chunks share the matcher's threads, so
+/// that one slow chunk does not leave the other threads idle. Each window's
+/// delta is held in memory until it is written, in order.
+const WINDOWS_AT_ONCE: usize = 2;
+
 /// Maps a work file read-only.
 #[allow(unsafe_code)]
 pub(crate) fn map(file: &File) -> io::Result<Mmap> {
@@ -74,27 +79,35 @@ pub(crate) fn encode(
         delta_bytes: FRAMING,
         ..DeltaStats::default()
     };
-    let mut start = 0;
-    while start < target.len() {
-        let end = (start + WINDOW).min(target.len());
-        let window_hints = rebase(&hints, start as u64..end as u64);
-        let mut body = Unframe::new(&mut out);
-        let stats = bru_rsync::diff_with_layout(
-            index,
-            &target[start..end],
-            &window_hints,
-            &layout,
-            &mut body,
-        )?;
-        body.finish()?;
-        total.copy_ops += stats.copy_ops;
-        total.copy_bytes += stats.copy_bytes;
-        total.literal_ops += stats.literal_ops;
-        total.literal_bytes += stats.literal_bytes;
-        total.delta_bytes += stats.delta_bytes - FRAMING;
-        release(target, start..end);
+    let windows: Vec<Range<usize>> = (0..target.len())
+        .step_by(WINDOW)
+        .map(|start| start..(start + WINDOW).min(target.len()))
+        .collect();
+    for group in windows.chunks(WINDOWS_AT_ONCE) {
+        let window_hints: Vec<Vec<Hint>> = group
+            .iter()
+            .map(|w| rebase(&hints, w.start as u64..w.end as u64))
+            .collect();
+        let jobs: Vec<(&[u8], &[Hint])> = group
+            .iter()
+            .zip(&window_hints)
+            .map(|(w, h)| (&target[w.clone()], &h[..]))
+            .collect();
+        let deltas = bru_rsync::diff_many_with_layout(index, &jobs, &layout)?;
+        for (delta, stats) in deltas {
+            let mut body = Unframe::new(&mut out);
+            body.write_all(&delta)?;
+            body.finish()?;
+            total.copy_ops += stats.copy_ops;
+            total.copy_bytes += stats.copy_bytes;
+            total.literal_ops += stats.literal_ops;
+            total.literal_bytes += stats.literal_bytes;
+            total.delta_bytes += stats.delta_bytes - FRAMING;
+        }
+        for w in group {
+            release(target, w.clone());
+        }
         release(basis, 0..basis.len());
-        start = end;
     }
     out.write_all(&[0])?;
     out.flush()?;
