@@ -143,6 +143,7 @@ pub async fn apply(
                     &src.config.diff_ids[i],
                     file,
                     &path,
+                    None,
                 )
                 .await?;
                 let now = done.fetch_add(desc.size, std::sync::atomic::Ordering::Relaxed);

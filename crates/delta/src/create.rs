@@ -172,6 +172,9 @@ pub async fn create(
         // a decompressing and a hashing/writing thread busy. Their progress is
         // reported as one step after the basis' (events carry no layer).
         let quiet: Arc<dyn Progress> = Arc::new(crate::progress::NoProgress);
+        // The basis is indexed as it is fetched, on a thread of its own.
+        let device = opts.device_bandwidth.map(DeviceCost::for_bandwidth);
+        let (index_feed, indexer) = engine::start_index(device);
         let fetch_targets = async {
             let mut targets = Vec::new();
             for i in k..dst.manifest.layers.len() {
@@ -183,7 +186,7 @@ pub async fn create(
                     i,
                     &path,
                     &quiet,
-                    Step::FetchTarget,
+                    (Step::FetchTarget, None),
                 )
                 .await?;
                 targets.push((i, path, dst.config.diff_ids[i].clone()));
@@ -197,9 +200,12 @@ pub async fn create(
             0,
             &basis_path,
             &progress,
-            Step::FetchSource,
+            (Step::FetchSource, Some(index_feed)),
         );
         let ((), targets) = tokio::try_join!(fetch_basis, fetch_targets)?;
+        let builder = indexer
+            .join()
+            .map_err(|_| DeltaError::Task("basis indexer panicked".into()))?;
         let target_total = (k..dst.manifest.layers.len())
             .map(|i| dst.manifest.layers[i].size)
             .sum();
@@ -212,7 +218,6 @@ pub async fn create(
         });
         let dir = work.path().to_path_buf();
         let (format, level) = (opts.format, opts.gzip_level);
-        let device = opts.device_bandwidth.map(DeviceCost::for_bandwidth);
         let progress = progress.clone();
         blobs = blocking(move || {
             encode_all(
@@ -220,7 +225,7 @@ pub async fn create(
                 &basis_path,
                 targets,
                 (format, level),
-                device,
+                builder,
                 &*progress,
             )
         })
@@ -304,7 +309,7 @@ async fn fetch_all(
     from: usize,
     path: &Path,
     progress: &Arc<dyn Progress>,
-    step: Step,
+    (step, tee): (Step, Option<crate::fetch::Tee>),
 ) -> Result<(), DeltaError> {
     let range = if role == Role::Source {
         0..image.manifest.layers.len()
@@ -327,6 +332,7 @@ async fn fetch_all(
             &image.config.diff_ids[i],
             file,
             path,
+            tee.clone(),
         )
         .await?;
         file = f;
@@ -348,7 +354,7 @@ fn encode_all(
     basis_path: &Path,
     targets: Vec<(usize, PathBuf, Digest)>,
     (format, level): (Format, u32),
-    device: Option<DeviceCost>,
+    builder: bru_rsync::IndexBuilder,
     progress: &dyn Progress,
 ) -> Result<Vec<LayerBlob>, DeltaError> {
     let basis_file = File::open(basis_path).map_err(DeltaError::io(basis_path))?;
@@ -357,7 +363,7 @@ fn encode_all(
         step: Step::Index,
         total: Some(basis.len() as u64),
     });
-    let index = engine::index(&basis, device);
+    let index = engine::index_streamed(&basis, builder);
     progress.event(Event::End { step: Step::Index });
 
     std::thread::scope(|s| {

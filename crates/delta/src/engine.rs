@@ -14,7 +14,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
 
-use bru_rsync::{BasisIndex, BasisLayout, DeltaStats, DeviceCost, Hint, MatchOptions, DELTA_MAGIC};
+use bru_rsync::{
+    BasisIndex, BasisLayout, DeltaStats, DeviceCost, Hint, IndexBuilder, MatchOptions, DELTA_MAGIC,
+};
 use memmap2::{Mmap, UncheckedAdvice};
 
 /// Target bytes encoded per window.
@@ -48,12 +50,39 @@ fn release(map: &Mmap, range: Range<usize>) {
     };
 }
 
-/// Indexes the basis (all source layer tars, concatenated) for matching, for
-/// a device with this cost model (`None`: fewest bytes).
-pub(crate) fn index(basis: &Mmap, device: Option<DeviceCost>) -> BasisIndex<'_> {
+/// The matcher options for a device with this cost model (`None`: fewest bytes).
+pub(crate) fn index_options(device: Option<DeviceCost>) -> MatchOptions {
     let mut opts = MatchOptions::default();
     opts.device = device;
-    BasisIndex::new_with_release(basis, opts, &|r| release(basis, r))
+    opts
+}
+
+/// Starts indexing the basis on a thread of its own from the bytes sent to
+/// the returned channel (as the source layers are fetched); the index is
+/// completed by [`index_streamed`]: the index of all source layer tars,
+/// concatenated, for a device with this cost model (`None`: fewest bytes).
+pub(crate) fn start_index(
+    device: Option<DeviceCost>,
+) -> (
+    std::sync::mpsc::SyncSender<Vec<u8>>,
+    std::thread::JoinHandle<IndexBuilder>,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let opts = index_options(device);
+    let handle = std::thread::spawn(move || {
+        let mut builder = IndexBuilder::new(opts);
+        for chunk in rx {
+            builder.feed(&chunk);
+        }
+        builder
+    });
+    (tx, handle)
+}
+
+/// The index of `basis` from the bytes a [`start_index`] builder was fed (or
+/// built anew when they were not all of the basis).
+pub(crate) fn index_streamed(basis: &Mmap, builder: IndexBuilder) -> BasisIndex<'_> {
+    builder.finish(basis, &|r| release(basis, r))
 }
 
 /// Encodes `target` (one uncompressed layer tar) against the basis, guided

@@ -52,11 +52,14 @@ pub(crate) fn copy_checked(
 /// writing (and hashing, when `w` hashes) on another, so that the two overlap.
 /// Buffers of [`BUF`] bytes pass in order through a bounded channel and are
 /// recycled. Returns the writer and the number of bytes copied.
+///
+/// With `tee`, the writing thread also sends a copy of every buffer there
+/// (to a basis indexer); a closed receiver is ignored.
 pub(crate) fn copy_pipelined<W: Write + Send>(
     mut r: impl Read,
     mut w: W,
-    role: Role,
-    index: usize,
+    tee: Option<&Tee>,
+    (role, index): (Role, usize),
     path: &Path,
 ) -> Result<(W, u64), DeltaError> {
     const DEPTH: usize = 4;
@@ -66,6 +69,9 @@ pub(crate) fn copy_pipelined<W: Write + Send>(
         let writer = s.spawn(move || -> io::Result<W> {
             for (buf, n) in full_rx {
                 w.write_all(&buf[..n])?;
+                if let Some(tee) = tee {
+                    let _ = tee.send(buf[..n].to_vec());
+                }
                 // The reader may be gone (error or end): then the buffer is dropped.
                 let _ = empty_tx.try_send(buf);
             }
@@ -103,9 +109,13 @@ pub(crate) fn copy_pipelined<W: Write + Send>(
     })
 }
 
+/// Where a fetch sends copies of the decompressed bytes, in order.
+pub(crate) type Tee = std::sync::mpsc::SyncSender<Vec<u8>>;
+
 /// Streams layer `index` of `src`, decompresses it and appends the tar to
 /// `out`, checking that it hashes to `diff_id`. Returns the file and the
 /// number of bytes appended.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch_layer(
     src: &dyn ImageSource,
     role: Role,
@@ -114,6 +124,7 @@ pub(crate) async fn fetch_layer(
     diff_id: &Digest,
     out: File,
     out_path: &Path,
+    tee: Option<Tee>,
 ) -> Result<(File, u64), DeltaError> {
     let reader = src.blob(desc).await.map_err(|source| DeltaError::Layer {
         role,
@@ -133,7 +144,7 @@ pub(crate) async fn fetch_layer(
             }
         })?;
         let w = HashWriter::new(BufWriter::with_capacity(BUF, out));
-        let (w, _) = copy_pipelined(plain, w, role, index, &path)?;
+        let (w, _) = copy_pipelined(plain, w, tee.as_ref(), (role, index), &path)?;
         let (buffered, actual, len) = w.finish();
         if actual != expected {
             return Err(DeltaError::DiffIdMismatch {

@@ -20,5 +20,7 @@ pub mod tar;
 pub use device::{Bandwidth, BandwidthError, BasisLayout, DeviceCost, DEVICE_READ_BYTES};
 pub use encode::{DeltaStats, DeltaWriter};
 pub use format::{copy_cost, literal_header_cost, DELTA_MAGIC};
-pub use matcher::{diff, diff_many_with_layout, diff_with_layout, BasisIndex, Hint, MatchOptions};
+pub use matcher::{
+    diff, diff_many_with_layout, diff_with_layout, BasisIndex, Hint, IndexBuilder, MatchOptions,
+};
 pub use patch::{patch, PatchError, ReadAt};

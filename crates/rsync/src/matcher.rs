@@ -162,25 +162,7 @@ impl<'a> BasisIndex<'a> {
         opts: MatchOptions,
         release: &(dyn Fn(Range<usize>) + Sync),
     ) -> Self {
-        let anchor_bits = opts
-            .anchor_spacing
-            .max(1)
-            .next_power_of_two()
-            .trailing_zeros();
-        let expected = (basis.len() >> anchor_bits).max(1);
-        let max_slots = (opts.max_index_bytes / 8).max(1024);
-        let slots = (expected * 2)
-            .next_power_of_two()
-            .min(prev_power_of_two(max_slots));
-        let table_bits = slots.trailing_zeros();
-        let table: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
-        let index = Self {
-            basis,
-            opts,
-            table,
-            table_bits,
-            anchor_bits,
-        };
+        let index = Self::empty(basis, basis.len(), opts);
         let started = std::time::Instant::now();
         index.build(release);
         tracing::debug!(
@@ -190,6 +172,19 @@ impl<'a> BasisIndex<'a> {
             "basis indexed"
         );
         index
+    }
+
+    /// An index with an empty table sized for a basis of `len` bytes.
+    fn empty(basis: &'a [u8], len: usize, opts: MatchOptions) -> Self {
+        let (slots, anchor_bits) = table_size(len, &opts);
+        let table: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            basis,
+            opts,
+            table,
+            table_bits: slots.trailing_zeros(),
+            anchor_bits,
+        }
     }
 
     /// The indexed basis.
@@ -297,10 +292,136 @@ impl<'a> BasisIndex<'a> {
     }
 }
 
+/// Slots of the global table and anchor bits for a basis of `len` bytes.
+fn table_size(len: usize, opts: &MatchOptions) -> (usize, u32) {
+    let anchor_bits = opts
+        .anchor_spacing
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros();
+    let expected = (len >> anchor_bits).max(1);
+    let max_slots = (opts.max_index_bytes / 8).max(1024);
+    let slots = (expected.saturating_mul(2))
+        .next_power_of_two()
+        .min(prev_power_of_two(max_slots));
+    (slots, anchor_bits)
+}
+
+/// Builds the global table of a [`BasisIndex`] from the basis bytes as they arrive (e.g. while
+/// the source layers are decompressed), so that indexing overlaps fetching instead of
+/// following it, and without reading the basis a second time.
+///
+/// [`IndexBuilder::finish`] gives exactly the index [`BasisIndex::new`] builds from the same
+/// bytes: the table holds the largest entry per slot, whatever the order of insertion. The
+/// table is sized for a large basis, one whose table reaches [`MatchOptions::max_index_bytes`]
+/// (64 MiB and more with the defaults); for a smaller basis `finish` indexes it again the
+/// ordinary way.
+#[derive(Debug)]
+pub struct IndexBuilder {
+    /// The table being filled (its basis is empty until `finish`).
+    index: BasisIndex<'static>,
+    /// Last `window - 1` bytes seen: the windows starting there are not complete yet.
+    carry: Vec<u8>,
+    /// Bytes seen so far.
+    seen: usize,
+    batch: AnchorBatch,
+}
+
+impl IndexBuilder {
+    /// A builder for an index with these options.
+    pub fn new(opts: MatchOptions) -> Self {
+        IndexBuilder {
+            index: BasisIndex::empty(&[], usize::MAX, opts),
+            carry: Vec::new(),
+            seen: 0,
+            batch: AnchorBatch::default(),
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn len(&self) -> usize {
+        self.seen
+    }
+
+    /// True when nothing was fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+
+    /// Indexes the next bytes of the basis.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let w = self.index.opts.window;
+        if w == 0 {
+            self.seen += bytes.len();
+            return;
+        }
+        // Stream position of buf[0].
+        let base = self.seen - self.carry.len();
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(bytes);
+        self.seen += bytes.len();
+        // Window starts at or beyond 4 GiB - 1 - window are not indexed (as in `build`).
+        let max_start = (u32::MAX as usize - 1).checked_sub(w);
+        if let Some(last) = buf
+            .len()
+            .checked_sub(w)
+            .zip(max_start.and_then(|m| m.checked_sub(base)))
+            .map(|(a, b)| a.min(b))
+        {
+            let mut roll = Roll::new(w);
+            roll.reset(&buf[..w]);
+            let mut j = 0;
+            loop {
+                let m = roll.mixed();
+                if self.index.is_anchor(m)
+                    && self.batch.push(self.index.slot(m), entry(base + j, m))
+                {
+                    self.index.insert(&mut self.batch);
+                }
+                if j == last {
+                    break;
+                }
+                roll.roll(buf[j], buf[j + w]);
+                j += 1;
+            }
+        }
+        let keep = buf.len().min(w - 1);
+        buf.drain(..buf.len() - keep);
+        self.carry = buf;
+    }
+
+    /// The index of `basis`, which must be the bytes fed; if its length differs from what was
+    /// fed, or the table would have another size, `basis` is indexed the ordinary way.
+    pub fn finish<'a>(
+        mut self,
+        basis: &'a [u8],
+        release: &(dyn Fn(Range<usize>) + Sync),
+    ) -> BasisIndex<'a> {
+        self.index.insert(&mut self.batch);
+        let opts = self.index.opts.clone();
+        if basis.len() != self.seen || table_size(basis.len(), &opts).0 != self.index.table.len() {
+            return BasisIndex::new_with_release(basis, opts, release);
+        }
+        tracing::debug!(
+            basis_bytes = basis.len(),
+            index_bytes = self.index.index_bytes(),
+            "basis indexed while fetched"
+        );
+        BasisIndex {
+            basis,
+            opts,
+            table: self.index.table,
+            table_bits: self.index.table_bits,
+            anchor_bits: self.index.anchor_bits,
+        }
+    }
+}
+
 /// Anchors inserted into the global table together (see `BasisIndex::insert`).
 const ANCHOR_BATCH: usize = 32;
 
 /// Anchors found but not yet inserted: `(slot, entry)`.
+#[derive(Debug)]
 struct AnchorBatch {
     items: [(usize, u64); ANCHOR_BATCH],
     len: usize,
@@ -970,6 +1091,42 @@ mod tests {
         };
         let one = run(1);
         assert!(one == run(2) && one == run(3));
+    }
+
+    #[test]
+    fn streamed_index_equals_built_index() {
+        let basis = noise(3 << 20, 8);
+        for (opts, pieces) in [
+            (
+                MatchOptions::default(),
+                vec![1usize, 31, 32, 33, 100_000, 7, 1 << 20],
+            ),
+            (
+                MatchOptions {
+                    max_index_bytes: 64 << 10,
+                    ..MatchOptions::default()
+                },
+                vec![5, 65_536, 3],
+            ),
+        ] {
+            let built = BasisIndex::new(&basis, opts.clone());
+            let mut b = IndexBuilder::new(opts);
+            let mut at = 0;
+            let mut k = 0;
+            while at < basis.len() {
+                let n = pieces[k % pieces.len()].min(basis.len() - at);
+                b.feed(&basis[at..at + n]);
+                at += n;
+                k += 1;
+            }
+            let streamed = b.finish(&basis, &|_| {});
+            assert_eq!(streamed.table.len(), built.table.len());
+            assert!(streamed
+                .table
+                .iter()
+                .zip(&built.table)
+                .all(|(a, b)| a.load(Ordering::Relaxed) == b.load(Ordering::Relaxed)));
+        }
     }
 
     #[test]
