@@ -121,30 +121,40 @@ pub async fn apply(
     }
 
     if k < target.diff_ids.len() {
-        let basis_path = work.path().join("basis.tar");
+        // Every source layer is fetched into a file of its own, all at once
+        // (each fetch keeps a decompressing and a hashing/writing thread
+        // busy); the basis is their concatenation, read by offset.
         let total = src.manifest.layers.iter().map(|l| l.size).sum();
         progress.event(Event::Begin {
             step: Step::FetchSource,
             total: Some(total),
         });
-        let mut basis = File::create(&basis_path).map_err(DeltaError::io(&basis_path))?;
-        let mut done = 0;
-        for (i, desc) in src.manifest.layers.iter().enumerate() {
-            let (f, _) = fetch_layer(
-                source,
-                Role::Source,
-                i,
-                desc,
-                &src.config.diff_ids[i],
-                basis,
-                &basis_path,
-            )
-            .await?;
-            basis = f;
-            done += desc.size;
-            progress.event(Event::Advance { done });
-        }
-        drop(basis);
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let fetches = src.manifest.layers.iter().enumerate().map(|(i, desc)| {
+            let path = work.path().join(format!("basis-{i}.tar"));
+            let (progress, done, src) = (&progress, &done, &src);
+            async move {
+                let file = File::create(&path).map_err(DeltaError::io(&path))?;
+                let (file, len) = fetch_layer(
+                    source,
+                    Role::Source,
+                    i,
+                    desc,
+                    &src.config.diff_ids[i],
+                    file,
+                    &path,
+                    None,
+                )
+                .await?;
+                let now = done.fetch_add(desc.size, std::sync::atomic::Ordering::Relaxed);
+                progress.event(Event::Advance {
+                    done: now + desc.size,
+                });
+                drop(file);
+                Ok::<_, DeltaError>((path, len))
+            }
+        });
+        let parts = futures::future::try_join_all(fetches).await?;
         progress.event(Event::End {
             step: Step::FetchSource,
         });
@@ -162,12 +172,12 @@ pub async fn apply(
                         source,
                     })?;
             let handle = Handle::current();
-            let basis_path = basis_path.clone();
+            let parts = parts.clone();
             let blob_path = work.path().join(format!("layer-{i}.tar.gz"));
             let expected = target.diff_ids[i].clone();
             let (format, level) = (opts.format, opts.gzip_level);
             let desc = blocking(move || {
-                let basis = File::open(&basis_path).map_err(DeltaError::io(&basis_path))?;
+                let basis = LayeredBasis::open(&parts)?;
                 let bridge = SyncIoBridge::new_with_handle(reader, handle);
                 let plain = decompress_read(BufReader::new(bridge)).map_err(|source| {
                     DeltaError::Layer {
@@ -235,6 +245,66 @@ pub async fn apply(
     })
 }
 
+/// The basis as the concatenation of several files (the source layer tars),
+/// read by offset.
+#[derive(Debug)]
+struct LayeredBasis {
+    /// Each file with the basis offset it starts at.
+    files: Vec<(File, u64)>,
+    len: u64,
+}
+
+impl LayeredBasis {
+    fn open(parts: &[(PathBuf, u64)]) -> Result<Self, DeltaError> {
+        let mut files = Vec::with_capacity(parts.len());
+        let mut len = 0;
+        for (path, part_len) in parts {
+            files.push((File::open(path).map_err(DeltaError::io(path))?, len));
+            len += part_len;
+        }
+        Ok(LayeredBasis { files, len })
+    }
+}
+
+impl bru_rsync::ReadAt for LayeredBasis {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if buf.is_empty() {
+            return if offset <= self.len {
+                Ok(())
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the basis",
+            ));
+        }
+        // The file holding `offset`: the last one starting at or before it.
+        let mut k = self.files.partition_point(|(_, start)| *start <= offset) - 1;
+        while !buf.is_empty() {
+            let (file, start) = &self.files[k];
+            let end = self.files.get(k + 1).map_or(self.len, |(_, s)| *s);
+            let n = buf.len().min((end - offset) as usize);
+            let (head, rest) = std::mem::take(&mut buf).split_at_mut(n);
+            FileExt::read_exact_at(file, head, offset - start)?;
+            buf = rest;
+            offset += n as u64;
+            k += 1;
+        }
+        Ok(())
+    }
+}
+
 /// A decoder error, or the blob stream's own error surfacing through it.
 fn patch_error(index: usize, source: bru_rsync::PatchError) -> DeltaError {
     match source {
@@ -252,5 +322,40 @@ fn layer_tar_error(index: usize, source: crate::layer::LayerTarError) -> DeltaEr
     match source {
         crate::layer::LayerTarError::Io(e) => stream_error(Role::Delta, index, e),
         source => DeltaError::LayerTar { index, source },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bru_rsync::ReadAt;
+
+    #[test]
+    fn layered_basis_reads_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts_data: [&[u8]; 4] = [b"abc", b"", b"defgh", b"ij"];
+        let mut parts = Vec::new();
+        for (i, data) in parts_data.iter().enumerate() {
+            let path = dir.path().join(format!("p{i}"));
+            std::fs::write(&path, data).unwrap();
+            let len = std::fs::metadata(&path).unwrap().len();
+            parts.push((path, len));
+        }
+        let basis = LayeredBasis::open(&parts).unwrap();
+        let all = parts_data.concat();
+        assert_eq!(basis.len(), all.len() as u64);
+        for start in 0..=all.len() {
+            for end in start..=all.len() {
+                let mut buf = vec![0; end - start];
+                basis.read_exact_at(&mut buf, start as u64).unwrap();
+                assert_eq!(buf, &all[start..end]);
+            }
+            let mut past = vec![0; all.len() - start + 1];
+            assert!(basis.read_exact_at(&mut past, start as u64).is_err());
+        }
+        assert!(basis.read_exact_at(&mut [], 11).is_err());
+        let empty = LayeredBasis::open(&[]).unwrap();
+        assert!(empty.read_exact_at(&mut [], 0).is_ok());
+        assert!(empty.read_exact_at(&mut [0], 0).is_err());
     }
 }

@@ -14,7 +14,7 @@ use crate::chain::common_prefix;
 use crate::config::delta_config;
 use crate::error::{blocking, DeltaError, Role};
 use crate::fetch::{fetch_layer, two_images};
-use crate::hashio::HashWriter;
+use crate::hashio::{write_on_thread, HashWriter};
 use crate::layer::{write_delta_tar, EMPTY_TAR, EMPTY_TAR_DIFF_ID};
 use crate::manifest::{manifest_bytes, Format};
 use crate::progress::{Event, Progress, Step};
@@ -175,34 +175,56 @@ pub async fn create(
     let mut blobs = Vec::new();
     if changed {
         let basis_path = work.path().join("basis.tar");
-        fetch_all(
+        // The target layers are fetched while the basis is: each fetch keeps
+        // a decompressing and a hashing/writing thread busy. Their progress is
+        // reported as one step after the basis' (events carry no layer).
+        let quiet: Arc<dyn Progress> = Arc::new(crate::progress::NoProgress);
+        // The basis is indexed as it is fetched, on a thread of its own.
+        let device = opts.device_bandwidth.map(DeviceCost::for_bandwidth);
+        let (index_feed, indexer) = engine::start_index(device);
+        let fetch_targets = async {
+            let mut targets = Vec::new();
+            for i in k..dst.manifest.layers.len() {
+                let path = work.path().join(format!("target-{i}.tar"));
+                fetch_all(
+                    target,
+                    &dst,
+                    Role::Target,
+                    i,
+                    &path,
+                    &quiet,
+                    (Step::FetchTarget, None),
+                )
+                .await?;
+                targets.push((i, path, dst.config.diff_ids[i].clone()));
+            }
+            Ok::<_, DeltaError>(targets)
+        };
+        let fetch_basis = fetch_all(
             source,
             &src,
             Role::Source,
             0,
             &basis_path,
             &progress,
-            Step::FetchSource,
-        )
-        .await?;
-        let mut targets = Vec::new();
-        for i in k..dst.manifest.layers.len() {
-            let path = work.path().join(format!("target-{i}.tar"));
-            fetch_all(
-                target,
-                &dst,
-                Role::Target,
-                i,
-                &path,
-                &progress,
-                Step::FetchTarget,
-            )
-            .await?;
-            targets.push((i, path, dst.config.diff_ids[i].clone()));
-        }
+            (Step::FetchSource, Some(index_feed)),
+        );
+        let ((), targets) = tokio::try_join!(fetch_basis, fetch_targets)?;
+        let builder = indexer
+            .join()
+            .map_err(|_| DeltaError::Task("basis indexer panicked".into()))?;
+        let target_total = (k..dst.manifest.layers.len())
+            .map(|i| dst.manifest.layers[i].size)
+            .sum();
+        progress.event(Event::Begin {
+            step: Step::FetchTarget,
+            total: Some(target_total),
+        });
+        progress.event(Event::End {
+            step: Step::FetchTarget,
+        });
         let dir = work.path().to_path_buf();
         let (format, level) = (opts.format, opts.gzip_level);
-        let device = opts.device_bandwidth.map(DeviceCost::for_bandwidth);
         let progress = progress.clone();
         blobs = blocking(move || {
             encode_all(
@@ -210,7 +232,7 @@ pub async fn create(
                 &basis_path,
                 targets,
                 (format, level),
-                device,
+                builder,
                 &*progress,
             )
         })
@@ -296,7 +318,7 @@ async fn fetch_all(
     from: usize,
     path: &Path,
     progress: &Arc<dyn Progress>,
-    step: Step,
+    (step, tee): (Step, Option<crate::fetch::Tee>),
 ) -> Result<(), DeltaError> {
     let range = if role == Role::Source {
         0..image.manifest.layers.len()
@@ -319,6 +341,7 @@ async fn fetch_all(
             &image.config.diff_ids[i],
             file,
             path,
+            tee.clone(),
         )
         .await?;
         file = f;
@@ -331,12 +354,16 @@ async fn fetch_all(
 
 /// Encodes every changed target layer against the basis, self-checks it and
 /// writes its compressed delta layer blob.
+///
+/// Each layer's self-check and gzip run on two threads of their own, while
+/// the next layer is encoded: gzip (single-threaded, so that its bytes do not
+/// depend on any thread count) overlaps the other work instead of following it.
 fn encode_all(
     dir: &Path,
     basis_path: &Path,
     targets: Vec<(usize, PathBuf, Digest)>,
     (format, level): (Format, u32),
-    device: Option<DeviceCost>,
+    builder: bru_rsync::IndexBuilder,
     progress: &dyn Progress,
 ) -> Result<Vec<LayerBlob>, DeltaError> {
     let basis_file = File::open(basis_path).map_err(DeltaError::io(basis_path))?;
@@ -345,74 +372,123 @@ fn encode_all(
         step: Step::Index,
         total: Some(basis.len() as u64),
     });
-    let index = engine::index(&basis, device);
+    let index = engine::index_streamed(&basis, builder);
     progress.event(Event::End { step: Step::Index });
 
-    let mut out = Vec::new();
-    for (i, target_path, diff_id) in targets {
-        let step = Step::Encode { layer: i };
-        let target_file = File::open(&target_path).map_err(DeltaError::io(&target_path))?;
-        let target = engine::map(&target_file).map_err(DeltaError::io(&target_path))?;
-        progress.event(Event::Begin {
-            step,
-            total: Some(target.len() as u64),
-        });
-
-        let delta_path = dir.join(format!("delta-{i}"));
-        let delta_file = File::create(&delta_path).map_err(DeltaError::io(&delta_path))?;
-        let stats = engine::encode(&index, &basis, &target, BufWriter::new(delta_file))
-            .map_err(DeltaError::io(&delta_path))?;
-        drop(target);
-        let _ = std::fs::remove_file(&target_path);
-
-        // Self-check: the delta, applied to the basis, must rebuild the DiffID.
-        let delta_file = File::open(&delta_path).map_err(DeltaError::io(&delta_path))?;
-        let mut check = HashWriter::new(std::io::sink());
-        bru_rsync::patch(&basis_file, BufReader::new(delta_file), &mut check)
-            .map_err(|source| DeltaError::Patch { index: i, source })?;
-        let (_, rebuilt, _) = check.finish();
-        if rebuilt != diff_id {
-            return Err(DeltaError::RebuiltMismatch {
-                index: i,
-                expected: diff_id,
-                actual: rebuilt,
+    std::thread::scope(|s| {
+        let mut finishing = Vec::new();
+        for (i, target_path, diff_id) in targets {
+            let step = Step::Encode { layer: i };
+            let target_file = File::open(&target_path).map_err(DeltaError::io(&target_path))?;
+            let target = engine::map(&target_file).map_err(DeltaError::io(&target_path))?;
+            progress.event(Event::Begin {
+                step,
+                total: Some(target.len() as u64),
             });
-        }
 
-        let delta_len = std::fs::metadata(&delta_path)
-            .map_err(DeltaError::io(&delta_path))?
-            .len();
-        let blob_path = dir.join(format!("layer-{i}.tar.gz"));
-        let delta_file = File::open(&delta_path).map_err(DeltaError::io(&delta_path))?;
-        let (desc, tar_digest) = write_layer(&blob_path, format, level, |w| {
-            write_delta_tar(BufReader::new(delta_file), delta_len, w).map(|_| ())
-        })?;
-        let _ = std::fs::remove_file(&delta_path);
-        progress.event(Event::End { step });
-        tracing::info!(
-            layer = i,
-            delta_bytes = delta_len,
-            compressed = desc.size,
-            "layer encoded"
-        );
-        out.push(LayerBlob {
-            path: blob_path,
-            info: LayerInfo {
-                index: i,
-                kind: LayerKind::Delta,
-                digest: desc.digest.clone(),
-                compressed_bytes: desc.size,
-                delta_bytes: Some(delta_len),
-                copied_bytes: Some(stats.copy_bytes),
-                literal_bytes: Some(stats.literal_bytes),
-                copy_commands: Some(stats.copy_ops),
-                literal_commands: Some(stats.literal_ops),
-            },
-            desc,
-            diff_id: tar_digest,
+            let delta_path = dir.join(format!("delta-{i}"));
+            let delta_file = File::create(&delta_path).map_err(DeltaError::io(&delta_path))?;
+            let stats = engine::encode(&index, &basis, &target, BufWriter::new(delta_file))
+                .map_err(DeltaError::io(&delta_path))?;
+            drop(target);
+            let _ = std::fs::remove_file(&target_path);
+            let basis_file = &basis_file;
+            finishing.push(s.spawn(move || {
+                let r = finish_layer(
+                    dir,
+                    basis_file,
+                    i,
+                    &delta_path,
+                    diff_id,
+                    stats,
+                    format,
+                    level,
+                );
+                progress.event(Event::End { step });
+                r
+            }));
+        }
+        finishing
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| DeltaError::Task("layer finisher panicked".into()))?
+            })
+            .collect()
+    })
+}
+
+/// Self-checks the delta of layer `i` at `delta_path` (applied to the basis
+/// it must rebuild `diff_id`) while writing its compressed delta layer blob,
+/// on two threads; removes the delta file.
+#[allow(clippy::too_many_arguments)]
+fn finish_layer(
+    dir: &Path,
+    basis_file: &File,
+    i: usize,
+    delta_path: &Path,
+    diff_id: Digest,
+    stats: bru_rsync::DeltaStats,
+    format: Format,
+    level: u32,
+) -> Result<LayerBlob, DeltaError> {
+    let delta_len = std::fs::metadata(delta_path)
+        .map_err(DeltaError::io(delta_path))?
+        .len();
+    let blob_path = dir.join(format!("layer-{i}.tar.gz"));
+    let (check, written) = std::thread::scope(|s| {
+        let check = s.spawn(|| -> Result<(), DeltaError> {
+            let delta_file = File::open(delta_path).map_err(DeltaError::io(delta_path))?;
+            let mut check = HashWriter::new(std::io::sink());
+            bru_rsync::patch(basis_file, BufReader::new(delta_file), &mut check)
+                .map_err(|source| DeltaError::Patch { index: i, source })?;
+            let (_, rebuilt, _) = check.finish();
+            if rebuilt != diff_id {
+                return Err(DeltaError::RebuiltMismatch {
+                    index: i,
+                    expected: diff_id,
+                    actual: rebuilt,
+                });
+            }
+            Ok(())
         });
-    }
-    Ok(out)
+        let written = File::open(delta_path)
+            .map_err(DeltaError::io(delta_path))
+            .and_then(|delta_file| {
+                write_layer(&blob_path, format, level, |w| {
+                    write_delta_tar(BufReader::new(delta_file), delta_len, w).map(|_| ())
+                })
+            });
+        let check = check
+            .join()
+            .unwrap_or_else(|_| Err(DeltaError::Task("self-check panicked".into())));
+        (check, written)
+    });
+    let _ = std::fs::remove_file(delta_path);
+    check?;
+    let (desc, tar_digest) = written?;
+    tracing::info!(
+        layer = i,
+        delta_bytes = delta_len,
+        compressed = desc.size,
+        "layer encoded"
+    );
+    Ok(LayerBlob {
+        path: blob_path,
+        info: LayerInfo {
+            index: i,
+            kind: LayerKind::Delta,
+            digest: desc.digest.clone(),
+            compressed_bytes: desc.size,
+            delta_bytes: Some(delta_len),
+            copied_bytes: Some(stats.copy_bytes),
+            literal_bytes: Some(stats.literal_bytes),
+            copy_commands: Some(stats.copy_ops),
+            literal_commands: Some(stats.literal_ops),
+        },
+        desc,
+        diff_id: tar_digest,
+    })
 }
 
 /// Writes a layer blob to `path` from what `fill` writes, gzip-compressed at
@@ -426,17 +502,24 @@ pub(crate) fn write_layer(
 ) -> Result<(Descriptor, Digest), DeltaError> {
     let file = File::create(path).map_err(DeltaError::io(path))?;
     let out = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let (out, diff_id, media_type) = if level == 0 {
-        let mut out = out;
-        fill(&mut out).map_err(DeltaError::io(path))?;
-        (out, None, format.tar_layer_type())
-    } else {
-        let gz = GzEncoder::new(out, flate2::Compression::new(level.min(9)));
+    // The blob is hashed and written on a thread of its own.
+    let (out, diff_id) = write_on_thread(out, |pipe| {
+        if level == 0 {
+            fill(pipe)?;
+            return Ok(None);
+        }
+        let gz = GzEncoder::new(pipe, flate2::Compression::new(level.min(9)));
         let mut plain = HashWriter::new(gz);
-        fill(&mut plain).map_err(DeltaError::io(path))?;
+        fill(&mut plain)?;
         let (gz, diff_id, _) = plain.finish();
-        let out = gz.finish().map_err(DeltaError::io(path))?;
-        (out, Some(diff_id), format.gzip_layer_type())
+        gz.finish()?;
+        Ok(Some(diff_id))
+    })
+    .map_err(DeltaError::io(path))?;
+    let media_type = if level == 0 {
+        format.tar_layer_type()
+    } else {
+        format.gzip_layer_type()
     };
     let (mut buffered, digest, size) = out.finish();
     buffered.flush().map_err(DeltaError::io(path))?;

@@ -14,11 +14,18 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
 
-use bru_rsync::{BasisIndex, BasisLayout, DeltaStats, DeviceCost, Hint, MatchOptions, DELTA_MAGIC};
+use bru_rsync::{
+    BasisIndex, BasisLayout, DeltaStats, DeviceCost, Hint, IndexBuilder, MatchOptions, DELTA_MAGIC,
+};
 use memmap2::{Mmap, UncheckedAdvice};
 
 /// Target bytes encoded per window.
 const WINDOW: usize = 8 << 20;
+
+/// Windows matched at once: their chunks share the matcher's threads, so
+/// that one slow chunk does not leave the other threads idle. Each window's
+/// delta is held in memory until it is written, in order.
+const WINDOWS_AT_ONCE: usize = 2;
 
 /// Maps a work file read-only.
 #[allow(unsafe_code)]
@@ -43,12 +50,39 @@ fn release(map: &Mmap, range: Range<usize>) {
     };
 }
 
-/// Indexes the basis (all source layer tars, concatenated) for matching, for
-/// a device with this cost model (`None`: fewest bytes).
-pub(crate) fn index(basis: &Mmap, device: Option<DeviceCost>) -> BasisIndex<'_> {
+/// The matcher options for a device with this cost model (`None`: fewest bytes).
+pub(crate) fn index_options(device: Option<DeviceCost>) -> MatchOptions {
     let mut opts = MatchOptions::default();
     opts.device = device;
-    BasisIndex::new_with_release(basis, opts, &|r| release(basis, r))
+    opts
+}
+
+/// Starts indexing the basis on a thread of its own from the bytes sent to
+/// the returned channel (as the source layers are fetched); the index is
+/// completed by [`index_streamed`]: the index of all source layer tars,
+/// concatenated, for a device with this cost model (`None`: fewest bytes).
+pub(crate) fn start_index(
+    device: Option<DeviceCost>,
+) -> (
+    std::sync::mpsc::SyncSender<Vec<u8>>,
+    std::thread::JoinHandle<IndexBuilder>,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let opts = index_options(device);
+    let handle = std::thread::spawn(move || {
+        let mut builder = IndexBuilder::new(opts);
+        for chunk in rx {
+            builder.feed(&chunk);
+        }
+        builder
+    });
+    (tx, handle)
+}
+
+/// The index of `basis` from the bytes a [`start_index`] builder was fed (or
+/// built anew when they were not all of the basis).
+pub(crate) fn index_streamed(basis: &Mmap, builder: IndexBuilder) -> BasisIndex<'_> {
+    builder.finish(basis, &|r| release(basis, r))
 }
 
 /// Encodes `target` (one uncompressed layer tar) against the basis, guided
@@ -74,27 +108,35 @@ pub(crate) fn encode(
         delta_bytes: FRAMING,
         ..DeltaStats::default()
     };
-    let mut start = 0;
-    while start < target.len() {
-        let end = (start + WINDOW).min(target.len());
-        let window_hints = rebase(&hints, start as u64..end as u64);
-        let mut body = Unframe::new(&mut out);
-        let stats = bru_rsync::diff_with_layout(
-            index,
-            &target[start..end],
-            &window_hints,
-            &layout,
-            &mut body,
-        )?;
-        body.finish()?;
-        total.copy_ops += stats.copy_ops;
-        total.copy_bytes += stats.copy_bytes;
-        total.literal_ops += stats.literal_ops;
-        total.literal_bytes += stats.literal_bytes;
-        total.delta_bytes += stats.delta_bytes - FRAMING;
-        release(target, start..end);
+    let windows: Vec<Range<usize>> = (0..target.len())
+        .step_by(WINDOW)
+        .map(|start| start..(start + WINDOW).min(target.len()))
+        .collect();
+    for group in windows.chunks(WINDOWS_AT_ONCE) {
+        let window_hints: Vec<Vec<Hint>> = group
+            .iter()
+            .map(|w| rebase(&hints, w.start as u64..w.end as u64))
+            .collect();
+        let jobs: Vec<(&[u8], &[Hint])> = group
+            .iter()
+            .zip(&window_hints)
+            .map(|(w, h)| (&target[w.clone()], &h[..]))
+            .collect();
+        let deltas = bru_rsync::diff_many_with_layout(index, &jobs, &layout)?;
+        for (delta, stats) in deltas {
+            let mut body = Unframe::new(&mut out);
+            body.write_all(&delta)?;
+            body.finish()?;
+            total.copy_ops += stats.copy_ops;
+            total.copy_bytes += stats.copy_bytes;
+            total.literal_ops += stats.literal_ops;
+            total.literal_bytes += stats.literal_bytes;
+            total.delta_bytes += stats.delta_bytes - FRAMING;
+        }
+        for w in group {
+            release(target, w.clone());
+        }
         release(basis, 0..basis.len());
-        start = end;
     }
     out.write_all(&[0])?;
     out.flush()?;

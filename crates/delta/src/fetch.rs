@@ -48,9 +48,74 @@ pub(crate) fn copy_checked(
     Ok(total)
 }
 
+/// Like [`copy_checked`], with reading (and decompressing) on this thread and
+/// writing (and hashing, when `w` hashes) on another, so that the two overlap.
+/// Buffers of [`BUF`] bytes pass in order through a bounded channel and are
+/// recycled. Returns the writer and the number of bytes copied.
+///
+/// With `tee`, the writing thread also sends a copy of every buffer there
+/// (to a basis indexer); a closed receiver is ignored.
+pub(crate) fn copy_pipelined<W: Write + Send>(
+    mut r: impl Read,
+    mut w: W,
+    tee: Option<&Tee>,
+    (role, index): (Role, usize),
+    path: &Path,
+) -> Result<(W, u64), DeltaError> {
+    const DEPTH: usize = 4;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(DEPTH);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH + 2);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> io::Result<W> {
+            for (buf, n) in full_rx {
+                w.write_all(&buf[..n])?;
+                if let Some(tee) = tee {
+                    let _ = tee.send(buf[..n].to_vec());
+                }
+                // The reader may be gone (error or end): then the buffer is dropped.
+                let _ = empty_tx.try_send(buf);
+            }
+            w.flush()?;
+            Ok(w)
+        });
+        let mut total = 0u64;
+        let mut read_error = None;
+        loop {
+            let mut buf = empty_rx.try_recv().unwrap_or_else(|_| vec![0u8; BUF]);
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            };
+            total += n as u64;
+            if full_tx.send((buf, n)).is_err() {
+                // The writer failed; its error is reported below.
+                break;
+            }
+        }
+        drop(full_tx);
+        let written = writer
+            .join()
+            .map_err(|_| DeltaError::Task("layer writer panicked".into()))?;
+        if let Some(e) = read_error {
+            return Err(stream_error(role, index, e));
+        }
+        let w = written.map_err(DeltaError::io(path))?;
+        Ok((w, total))
+    })
+}
+
+/// Where a fetch sends copies of the decompressed bytes, in order.
+pub(crate) type Tee = std::sync::mpsc::SyncSender<Vec<u8>>;
+
 /// Streams layer `index` of `src`, decompresses it and appends the tar to
 /// `out`, checking that it hashes to `diff_id`. Returns the file and the
 /// number of bytes appended.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch_layer(
     src: &dyn ImageSource,
     role: Role,
@@ -59,6 +124,7 @@ pub(crate) async fn fetch_layer(
     diff_id: &Digest,
     out: File,
     out_path: &Path,
+    tee: Option<Tee>,
 ) -> Result<(File, u64), DeltaError> {
     let reader = src.blob(desc).await.map_err(|source| DeltaError::Layer {
         role,
@@ -77,8 +143,8 @@ pub(crate) async fn fetch_layer(
                 source,
             }
         })?;
-        let mut w = HashWriter::new(BufWriter::with_capacity(BUF, out));
-        copy_checked(plain, &mut w, role, index, &path)?;
+        let w = HashWriter::new(BufWriter::with_capacity(BUF, out));
+        let (w, _) = copy_pipelined(plain, w, tee.as_ref(), (role, index), &path)?;
         let (buffered, actual, len) = w.finish();
         if actual != expected {
             return Err(DeltaError::DiffIdMismatch {

@@ -38,3 +38,129 @@ impl<W: Write> Write for HashWriter<W> {
         self.inner.flush()
     }
 }
+
+/// Bytes handed to the writer thread at a time.
+const PIPE_CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the two threads.
+const PIPE_DEPTH: usize = 4;
+
+/// The writing end of [`write_on_thread`]: collects bytes into chunks and
+/// passes them, in order, to the thread that owns the real writer.
+#[derive(Debug)]
+pub(crate) struct PipeWriter {
+    buf: Vec<u8>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl PipeWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(PIPE_CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.tx
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "writer thread stopped"))
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(PIPE_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == PIPE_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // The inner writer is flushed once, by `write_on_thread`, at the end.
+        Ok(())
+    }
+}
+
+/// Runs `fill` on this thread while another thread writes what it produces
+/// to `inner`, so that producing (decompressing, patching, compressing) and
+/// consuming (hashing, writing a file) overlap. Bytes reach `inner` in order
+/// and unchanged; `inner` is flushed and returned with `fill`'s result. An
+/// error of `inner` wins over the `fill` error it causes (a broken pipe).
+pub(crate) fn write_on_thread<W: Write + Send, T>(
+    inner: W,
+    fill: impl FnOnce(&mut PipeWriter) -> io::Result<T>,
+) -> io::Result<(W, T)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
+    let (spare_tx, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH + 2);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> io::Result<W> {
+            let mut inner = inner;
+            for mut chunk in rx {
+                inner.write_all(&chunk)?;
+                chunk.clear();
+                let _ = spare_tx.try_send(chunk);
+            }
+            inner.flush()?;
+            Ok(inner)
+        });
+        let mut pipe = PipeWriter {
+            buf: Vec::with_capacity(PIPE_CHUNK),
+            tx,
+            spare,
+        };
+        let filled = fill(&mut pipe).and_then(|t| pipe.send().map(|()| t));
+        drop(pipe);
+        let written = writer
+            .join()
+            .map_err(|_| io::Error::other("writer thread panicked"))?;
+        match (written, filled) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(w), Ok(t)) => Ok((w, t)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_on_thread_passes_bytes_in_order() {
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 31 % 251) as u8).collect();
+        let (out, n) = write_on_thread(Vec::new(), |w| {
+            for piece in data.chunks(7777) {
+                w.write_all(piece)?;
+            }
+            Ok(data.len())
+        })
+        .unwrap();
+        assert_eq!(n, data.len());
+        assert!(out == data);
+    }
+
+    #[test]
+    fn write_on_thread_reports_the_writer_error() {
+        #[derive(Debug)]
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = write_on_thread(Full, |w| {
+            for _ in 0..100 {
+                w.write_all(&[0; 100_000])?;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+    }
+}

@@ -18,6 +18,11 @@
 //! Building memory-maps the basis and one target layer at a time and releases
 //! pages it is done with, so its resident set stays below the source image's
 //! uncompressed size; applying reads the basis by offset and needs a few MiB.
+//!
+//! Speed: fetching (decompress on one thread, hash and write on another),
+//! indexing (fed from the fetch), matching (two windows at once), the
+//! self-check and gzip of one layer and the encoding of the next overlap;
+//! the delta bytes do not depend on any of it (see `DESIGN.md`, "Build speed").
 
 pub mod apply;
 pub mod chain;

@@ -22,5 +22,7 @@ pub use device::{
 };
 pub use encode::{DeltaStats, DeltaWriter};
 pub use format::{copy_cost, literal_header_cost, DELTA_MAGIC};
-pub use matcher::{diff, diff_with_layout, BasisIndex, Hint, MatchOptions};
+pub use matcher::{
+    diff, diff_many_with_layout, diff_with_layout, BasisIndex, Hint, IndexBuilder, MatchOptions,
+};
 pub use patch::{patch, PatchError, ReadAt};

@@ -162,25 +162,7 @@ impl<'a> BasisIndex<'a> {
         opts: MatchOptions,
         release: &(dyn Fn(Range<usize>) + Sync),
     ) -> Self {
-        let anchor_bits = opts
-            .anchor_spacing
-            .max(1)
-            .next_power_of_two()
-            .trailing_zeros();
-        let expected = (basis.len() >> anchor_bits).max(1);
-        let max_slots = (opts.max_index_bytes / 8).max(1024);
-        let slots = (expected * 2)
-            .next_power_of_two()
-            .min(prev_power_of_two(max_slots));
-        let table_bits = slots.trailing_zeros();
-        let table: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
-        let index = Self {
-            basis,
-            opts,
-            table,
-            table_bits,
-            anchor_bits,
-        };
+        let index = Self::empty(basis, basis.len(), opts);
         let started = std::time::Instant::now();
         index.build(release);
         tracing::debug!(
@@ -190,6 +172,19 @@ impl<'a> BasisIndex<'a> {
             "basis indexed"
         );
         index
+    }
+
+    /// An index with an empty table sized for a basis of `len` bytes.
+    fn empty(basis: &'a [u8], len: usize, opts: MatchOptions) -> Self {
+        let (slots, anchor_bits) = table_size(len, &opts);
+        let table: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            basis,
+            opts,
+            table,
+            table_bits: slots.trailing_zeros(),
+            anchor_bits,
+        }
     }
 
     /// The indexed basis.
@@ -236,15 +231,15 @@ impl<'a> BasisIndex<'a> {
         roll.reset(&b[start..start + w]);
         let mut i = start;
         let mut released = start;
+        let mut batch = AnchorBatch::default();
         loop {
             if i - released >= RELEASE_EVERY {
                 release(released..i);
                 released = i;
             }
             let m = roll.mixed();
-            if self.is_anchor(m) {
-                let slot = self.slot(m);
-                self.table[slot].fetch_max(entry(i, m), Ordering::Relaxed);
+            if self.is_anchor(m) && batch.push(self.slot(m), entry(i, m)) {
+                self.insert(&mut batch);
             }
             i += 1;
             if i >= end {
@@ -252,7 +247,28 @@ impl<'a> BasisIndex<'a> {
             }
             roll.roll(b[i - 1], b[i + w - 1]);
         }
+        self.insert(&mut batch);
         release(released..(end + w - 1).min(b.len()));
+    }
+
+    /// Inserts a batch of anchors. The table (32 MiB) is far larger than the
+    /// caches and a locked read-modify-write waits for its cache miss before
+    /// anything else proceeds, so the slots are first read with plain loads,
+    /// whose misses overlap; an entry not above its slot's value is skipped
+    /// (values only grow), the rest are `fetch_max`ed on lines now cached.
+    /// The table ends up the same: the maximum entry per slot.
+    fn insert(&self, batch: &mut AnchorBatch) {
+        let n = batch.len;
+        let mut current = [0u64; ANCHOR_BATCH];
+        for (c, &(slot, _)) in current.iter_mut().zip(&batch.items[..n]) {
+            *c = self.table[slot].load(Ordering::Relaxed);
+        }
+        for (&c, &(slot, e)) in current.iter().zip(&batch.items[..n]) {
+            if e > c {
+                self.table[slot].fetch_max(e, Ordering::Relaxed);
+            }
+        }
+        batch.len = 0;
     }
 
     fn is_anchor(&self, mixed: u64) -> bool {
@@ -273,6 +289,159 @@ impl<'a> BasisIndex<'a> {
             v if v as u32 == check(mixed) => Some((v >> 32) as usize - 1),
             _ => None,
         }
+    }
+}
+
+/// Slots of the global table and anchor bits for a basis of `len` bytes.
+fn table_size(len: usize, opts: &MatchOptions) -> (usize, u32) {
+    let anchor_bits = opts
+        .anchor_spacing
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros();
+    let expected = (len >> anchor_bits).max(1);
+    let max_slots = (opts.max_index_bytes / 8).max(1024);
+    let slots = (expected.saturating_mul(2))
+        .next_power_of_two()
+        .min(prev_power_of_two(max_slots));
+    (slots, anchor_bits)
+}
+
+/// Builds the global table of a [`BasisIndex`] from the basis bytes as they arrive (e.g. while
+/// the source layers are decompressed), so that indexing overlaps fetching instead of
+/// following it, and without reading the basis a second time.
+///
+/// [`IndexBuilder::finish`] gives exactly the index [`BasisIndex::new`] builds from the same
+/// bytes: the table holds the largest entry per slot, whatever the order of insertion. The
+/// table is sized for a large basis, one whose table reaches [`MatchOptions::max_index_bytes`]
+/// (64 MiB and more with the defaults); for a smaller basis `finish` indexes it again the
+/// ordinary way.
+#[derive(Debug)]
+pub struct IndexBuilder {
+    /// The table being filled (its basis is empty until `finish`).
+    index: BasisIndex<'static>,
+    /// Last `window - 1` bytes seen: the windows starting there are not complete yet.
+    carry: Vec<u8>,
+    /// Bytes seen so far.
+    seen: usize,
+    batch: AnchorBatch,
+}
+
+impl IndexBuilder {
+    /// A builder for an index with these options.
+    pub fn new(opts: MatchOptions) -> Self {
+        IndexBuilder {
+            index: BasisIndex::empty(&[], usize::MAX, opts),
+            carry: Vec::new(),
+            seen: 0,
+            batch: AnchorBatch::default(),
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn len(&self) -> usize {
+        self.seen
+    }
+
+    /// True when nothing was fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+
+    /// Indexes the next bytes of the basis.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let w = self.index.opts.window;
+        if w == 0 {
+            self.seen += bytes.len();
+            return;
+        }
+        // Stream position of buf[0].
+        let base = self.seen - self.carry.len();
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(bytes);
+        self.seen += bytes.len();
+        // Window starts at or beyond 4 GiB - 1 - window are not indexed (as in `build`).
+        let max_start = (u32::MAX as usize - 1).checked_sub(w);
+        if let Some(last) = buf
+            .len()
+            .checked_sub(w)
+            .zip(max_start.and_then(|m| m.checked_sub(base)))
+            .map(|(a, b)| a.min(b))
+        {
+            let mut roll = Roll::new(w);
+            roll.reset(&buf[..w]);
+            let mut j = 0;
+            loop {
+                let m = roll.mixed();
+                if self.index.is_anchor(m)
+                    && self.batch.push(self.index.slot(m), entry(base + j, m))
+                {
+                    self.index.insert(&mut self.batch);
+                }
+                if j == last {
+                    break;
+                }
+                roll.roll(buf[j], buf[j + w]);
+                j += 1;
+            }
+        }
+        let keep = buf.len().min(w - 1);
+        buf.drain(..buf.len() - keep);
+        self.carry = buf;
+    }
+
+    /// The index of `basis`, which must be the bytes fed; if its length differs from what was
+    /// fed, or the table would have another size, `basis` is indexed the ordinary way.
+    pub fn finish<'a>(
+        mut self,
+        basis: &'a [u8],
+        release: &(dyn Fn(Range<usize>) + Sync),
+    ) -> BasisIndex<'a> {
+        self.index.insert(&mut self.batch);
+        let opts = self.index.opts.clone();
+        if basis.len() != self.seen || table_size(basis.len(), &opts).0 != self.index.table.len() {
+            return BasisIndex::new_with_release(basis, opts, release);
+        }
+        tracing::debug!(
+            basis_bytes = basis.len(),
+            index_bytes = self.index.index_bytes(),
+            "basis indexed while fetched"
+        );
+        BasisIndex {
+            basis,
+            opts,
+            table: self.index.table,
+            table_bits: self.index.table_bits,
+            anchor_bits: self.index.anchor_bits,
+        }
+    }
+}
+
+/// Anchors inserted into the global table together (see `BasisIndex::insert`).
+const ANCHOR_BATCH: usize = 32;
+
+/// Anchors found but not yet inserted: `(slot, entry)`.
+#[derive(Debug)]
+struct AnchorBatch {
+    items: [(usize, u64); ANCHOR_BATCH],
+    len: usize,
+}
+
+impl Default for AnchorBatch {
+    fn default() -> Self {
+        AnchorBatch {
+            items: [(0, 0); ANCHOR_BATCH],
+            len: 0,
+        }
+    }
+}
+
+impl AnchorBatch {
+    /// Adds an anchor; true when the batch is full.
+    fn push(&mut self, slot: usize, entry: u64) -> bool {
+        self.items[self.len] = (slot, entry);
+        self.len += 1;
+        self.len == ANCHOR_BATCH
     }
 }
 
@@ -413,40 +582,116 @@ pub fn diff_with_layout<W: Write>(
     out: W,
 ) -> io::Result<DeltaStats> {
     let hints = normalize_hints(hints, index.basis.len(), target.len());
+    let results = match_chunks(index, &[(target, &hints[..])], layout)?;
+    let ops = results.into_iter().next().unwrap_or_default();
+    stitch(index, target, hints.len(), ops, out)
+}
+
+/// Several independent [`diff_with_layout`] calls at once: `jobs` are `(target, hints)` pairs,
+/// and the result is, per job, the complete delta stream and its statistics, exactly as
+/// [`diff_with_layout`] would write them. The chunks of all jobs share one pool of
+/// [`MatchOptions::threads`] threads, so that a slow chunk of one job overlaps the chunks of the
+/// others instead of leaving threads idle. Each job's stream is held in memory.
+pub fn diff_many_with_layout(
+    index: &BasisIndex,
+    jobs: &[(&[u8], &[Hint])],
+    layout: &BasisLayout,
+) -> io::Result<Vec<(Vec<u8>, DeltaStats)>> {
+    let hints: Vec<_> = jobs
+        .iter()
+        .map(|(t, h)| normalize_hints(h, index.basis.len(), t.len()))
+        .collect();
+    let normalized: Vec<(&[u8], &NormalizedHints)> = jobs
+        .iter()
+        .zip(&hints)
+        .map(|((t, _), h)| (*t, &h[..]))
+        .collect();
+    let results = match_chunks(index, &normalized, layout)?;
+    results
+        .into_iter()
+        .zip(&normalized)
+        .map(|(ops, (target, hints))| {
+            let mut out = Vec::new();
+            let stats = stitch(index, target, hints.len(), ops, &mut out)?;
+            Ok((out, stats))
+        })
+        .collect()
+}
+
+/// Normalized hints of one job: `(target range, basis range)`.
+type NormalizedHints = [(Range<usize>, Range<usize>)];
+
+/// Matches and refines every chunk of every job on a pool of threads; returns each job's
+/// chunk results, in order.
+fn match_chunks(
+    index: &BasisIndex,
+    jobs: &[(&[u8], &NormalizedHints)],
+    layout: &BasisLayout,
+) -> io::Result<Vec<Vec<Vec<Op>>>> {
     let chunk = index.opts.chunk_size.max(1 << 16);
-    let chunks = target.len().div_ceil(chunk);
-    let results: Vec<Mutex<Vec<Op>>> = (0..chunks).map(|_| Mutex::new(Vec::new())).collect();
+    // Work items in order: (job, chunk of the job).
+    let items: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, (t, _))| (0..t.len().div_ceil(chunk)).map(move |c| (j, c)))
+        .collect();
+    let results: Vec<Mutex<Vec<Op>>> = items.iter().map(|_| Mutex::new(Vec::new())).collect();
     let next = AtomicUsize::new(0);
-    let threads = index.opts.thread_count().min(chunks).max(1);
+    let threads = index.opts.thread_count().min(items.len()).max(1);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                let mut m = ChunkMatcher::new(index, target, &hints);
                 let mut refine = Refiner::new(&index.opts);
+                // The hint chains are kept while the job stays the same.
+                let mut current: Option<(usize, ChunkMatcher)> = None;
                 loop {
-                    let c = next.fetch_add(1, Ordering::Relaxed);
-                    if c >= chunks {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(j, c)) = items.get(k) else {
                         break;
-                    }
+                    };
+                    let (target, hints) = jobs[j];
+                    let m = match &mut current {
+                        Some((cj, m)) if *cj == j => m,
+                        _ => {
+                            &mut current
+                                .insert((j, ChunkMatcher::new(index, target, hints)))
+                                .1
+                        }
+                    };
                     let range = c * chunk..((c + 1) * chunk).min(target.len());
                     let ops = m.run(range);
                     let ops = refine.refine(ops, target, layout);
-                    if let Ok(mut slot) = results[c].lock() {
+                    if let Ok(mut slot) = results[k].lock() {
                         *slot = ops;
                     }
                 }
             });
         }
     });
+    let mut per_job: Vec<Vec<Vec<Op>>> = jobs.iter().map(|_| Vec::new()).collect();
+    for (&(j, _), r) in items.iter().zip(results) {
+        let ops = r
+            .into_inner()
+            .map_err(|_| io::Error::other("matcher worker panicked"))?;
+        per_job[j].push(ops);
+    }
+    Ok(per_job)
+}
+
+/// Writes the chunk results of one target as a delta stream, merging across chunk borders.
+fn stitch<W: Write>(
+    index: &BasisIndex,
+    target: &[u8],
+    hint_count: usize,
+    results: Vec<Vec<Op>>,
+    out: W,
+) -> io::Result<DeltaStats> {
     let mut w = DeltaWriter::new(out)?;
     let mut pending: Option<(usize, usize)> = None;
     // Basis end of the COPY just written: chunks are matched independently, so a
     // chunk may start with literal bytes that continue the previous chunk's last COPY.
     let mut copy_end: Option<usize> = None;
-    for r in results {
-        let ops = r
-            .into_inner()
-            .map_err(|_| io::Error::other("matcher worker panicked"))?;
+    for ops in results {
         for op in ops {
             match op.basis {
                 None => {
@@ -492,7 +737,7 @@ pub fn diff_with_layout<W: Write>(
     let (_, stats) = w.finish_with_stats()?;
     tracing::debug!(
         target_bytes = target.len(),
-        hints = hints.len(),
+        hints = hint_count,
         copy_ops = stats.copy_ops,
         literal_bytes = stats.literal_bytes,
         delta_bytes = stats.delta_bytes,
@@ -846,6 +1091,73 @@ mod tests {
         };
         let one = run(1);
         assert!(one == run(2) && one == run(3));
+    }
+
+    #[test]
+    fn streamed_index_equals_built_index() {
+        let basis = noise(3 << 20, 8);
+        for (opts, pieces) in [
+            (
+                MatchOptions::default(),
+                vec![1usize, 31, 32, 33, 100_000, 7, 1 << 20],
+            ),
+            (
+                MatchOptions {
+                    max_index_bytes: 64 << 10,
+                    ..MatchOptions::default()
+                },
+                vec![5, 65_536, 3],
+            ),
+        ] {
+            let built = BasisIndex::new(&basis, opts.clone());
+            let mut b = IndexBuilder::new(opts);
+            let mut at = 0;
+            let mut k = 0;
+            while at < basis.len() {
+                let n = pieces[k % pieces.len()].min(basis.len() - at);
+                b.feed(&basis[at..at + n]);
+                at += n;
+                k += 1;
+            }
+            let streamed = b.finish(&basis, &|_| {});
+            assert_eq!(streamed.table.len(), built.table.len());
+            assert!(streamed
+                .table
+                .iter()
+                .zip(&built.table)
+                .all(|(a, b)| a.load(Ordering::Relaxed) == b.load(Ordering::Relaxed)));
+        }
+    }
+
+    #[test]
+    fn diff_many_equals_separate_diffs() {
+        let basis = noise(600_000, 6);
+        let mut a = basis[5000..300_000].to_vec();
+        for i in (0..a.len()).step_by(1013) {
+            a[i] = 1;
+        }
+        let b = [&noise(70_000, 7)[..], &basis[100..200_000]].concat();
+        let hint = [Hint {
+            target: 70_000..270_000,
+            basis: 100..200_100,
+        }];
+        for threads in [1, 2, 3] {
+            let opts = MatchOptions {
+                threads,
+                chunk_size: 1 << 16,
+                ..MatchOptions::default()
+            };
+            let index = BasisIndex::new(&basis, opts);
+            let layout = BasisLayout::default();
+            let jobs: [(&[u8], &[Hint]); 3] = [(&a, &[]), (&b, &hint), (&[], &[])];
+            let many = diff_many_with_layout(&index, &jobs, &layout).unwrap();
+            for ((t, h), (got, stats)) in jobs.iter().zip(&many) {
+                let mut want = Vec::new();
+                let s = diff_with_layout(&index, t, h, &layout, &mut want).unwrap();
+                assert!(*got == want);
+                assert_eq!(*stats, s);
+            }
+        }
     }
 
     #[test]
