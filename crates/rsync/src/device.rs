@@ -261,10 +261,11 @@ impl BasisLayout {
 pub const LAYER_READ_ENDS: [u64; 7] = [512, 1024, 2048, 4096, 8192, 16384, 32768];
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn layout(bodies: &[(u64, u64)]) -> BasisLayout {
+    /// A layout with regular-file bodies at these `(start, end)` basis ranges.
+    pub(crate) fn layout(bodies: &[(u64, u64)]) -> BasisLayout {
         let entries: Vec<TarEntry> = bodies
             .iter()
             .map(|&(s, e)| TarEntry {

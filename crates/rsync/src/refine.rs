@@ -252,21 +252,7 @@ fn demote(region: &[Op], min: usize) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tar::TarEntry;
-
-    fn layout(bodies: &[(u64, u64)]) -> BasisLayout {
-        let entries: Vec<TarEntry> = bodies
-            .iter()
-            .map(|&(s, e)| TarEntry {
-                path: b"f".to_vec(),
-                typeflag: b'0',
-                start: s - 512,
-                data: s..e,
-                end: e,
-            })
-            .collect();
-        BasisLayout::from_entries(&entries)
-    }
+    use crate::device::tests::layout;
 
     fn copy(target: usize, len: usize, basis: usize) -> Op {
         Op {
