@@ -112,10 +112,11 @@ impl fmt::Display for Bandwidth {
 /// Largest basis read of librsync-go (the buffer of Go's `io.Copy`).
 pub const DEVICE_READ_BYTES: u64 = 32 << 10;
 
-/// Cost model of a device applying a delta. The time constants are this machine's: fitted
-/// (least squares, wall time) to the device-apply emulation of `bench/device-apply` over ten
-/// deltas from 0 to 40,000 file opens and 280 to 77,000 commands (see `DESIGN.md`);
-/// `slowdown` scales them to the device.
+/// Cost model of a device applying a delta. The time constants are this machine's, measured
+/// with the device-apply emulation of `bench/device-apply` (see `DESIGN.md`): opens and layer
+/// reads from targeted deltas (20,000 COPYs with and without a file open), the per-command and
+/// per-literal-byte costs fitted (least squares, wall time) to the 36 deltas of a quiet
+/// benchmark run; `slowdown` scales them to the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceCost {
     /// The device's download bandwidth in bytes per second.
@@ -130,8 +131,8 @@ pub struct DeviceCost {
     pub read_ns: u32,
     /// Nanoseconds per file opened by a layer read (path lookup, open, seek, close).
     pub open_ns: u32,
-    /// Nanoseconds per KiB of literal data beyond what a copied KiB costs: inflating it
-    /// (estimated from inflate throughput, not fitted).
+    /// Nanoseconds per KiB of literal data beyond what a copied KiB costs: inflating it and
+    /// passing it through the pipe.
     pub literal_ns_per_kib: u32,
 }
 
@@ -141,10 +142,10 @@ impl DeviceCost {
         DeviceCost {
             bandwidth: bandwidth.bytes_per_second(),
             slowdown: 5,
-            command_ns: 8_400,
+            command_ns: 21_000,
             read_ns: 1_400,
             open_ns: 7_000,
-            literal_ns_per_kib: 2_000,
+            literal_ns_per_kib: 6_500,
         }
     }
 
@@ -381,8 +382,8 @@ pub(crate) mod tests {
         assert!((p_fast / p_slow - 100.0).abs() < 1e-9);
         // One file: command + copy + read + open = the cheapest COPY.
         assert!((fast.min_copy_penalty() - p_fast).abs() < 1e-9);
-        // (8.4 + 1.4 + 7) µs × 5 at 10 MB/s = 840 bytes.
-        assert!((p_fast - 840.0).abs() < 1e-6, "{p_fast}");
+        // (21 + 1.4 + 7) µs × 5 at 10 MB/s = 1,470 bytes.
+        assert!((p_fast - 1470.0).abs() < 1e-6, "{p_fast}");
         assert!(fast.literal_penalty(1024) > fast.literal_penalty(0));
     }
 }
