@@ -375,6 +375,7 @@ fn encode_all(
     let index = engine::index_streamed(&basis, builder);
     progress.event(Event::End { step: Step::Index });
 
+    let basis_tar = engine::parse_basis(&basis);
     std::thread::scope(|s| {
         let mut finishing = Vec::new();
         for (i, target_path, diff_id) in targets {
@@ -388,8 +389,14 @@ fn encode_all(
 
             let delta_path = dir.join(format!("delta-{i}"));
             let delta_file = File::create(&delta_path).map_err(DeltaError::io(&delta_path))?;
-            let stats = engine::encode(&index, &basis, &target, BufWriter::new(delta_file))
-                .map_err(DeltaError::io(&delta_path))?;
+            let stats = engine::encode(
+                &index,
+                &basis,
+                &basis_tar,
+                &target,
+                BufWriter::new(delta_file),
+            )
+            .map_err(DeltaError::io(&delta_path))?;
             drop(target);
             let _ = std::fs::remove_file(&target_path);
             let basis_file = &basis_file;

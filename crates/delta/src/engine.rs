@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
 
+use bru_rsync::tar::TarEntry;
 use bru_rsync::{
     BasisIndex, BasisLayout, DeltaStats, DeviceCost, Hint, IndexBuilder, MatchOptions, DELTA_MAGIC,
 };
@@ -85,23 +86,35 @@ pub(crate) fn index_streamed(basis: &Mmap, builder: IndexBuilder) -> BasisIndex<
     builder.finish(basis, &|r| release(basis, r))
 }
 
+/// The tar structure of the basis, parsed once per build: its members (for
+/// hints) and where its file bodies are (for the device's cost of a COPY).
+pub(crate) struct BasisTar {
+    entries: Vec<TarEntry>,
+    layout: BasisLayout,
+}
+
+/// Parses the basis's tar headers. Walking them touches most pages of a tar
+/// of small files: they are released afterwards.
+pub(crate) fn parse_basis(basis: &Mmap) -> BasisTar {
+    let entries = bru_rsync::tar::entries(basis);
+    release(basis, 0..basis.len());
+    let layout = BasisLayout::from_entries(&entries);
+    BasisTar { entries, layout }
+}
+
 /// Encodes `target` (one uncompressed layer tar) against the basis, guided
 /// by the tar structure of both (a file's old version at the same path).
 pub(crate) fn encode(
     index: &BasisIndex<'_>,
     basis: &Mmap,
+    basis_tar: &BasisTar,
     target: &Mmap,
     out: impl Write,
 ) -> io::Result<DeltaStats> {
-    // Walking the tar headers touches most pages of a tar of small files:
-    // release each side once parsed.
-    let old = bru_rsync::tar::entries(basis);
-    release(basis, 0..basis.len());
     let new = bru_rsync::tar::entries(target);
     release(target, 0..target.len());
-    let hints = bru_rsync::tar::hints_from_entries(&old, &new);
-    let layout = BasisLayout::from_entries(&old);
-    drop((old, new));
+    let hints = bru_rsync::tar::hints_from_entries(&basis_tar.entries, &new);
+    drop(new);
     let mut out = out;
     out.write_all(&DELTA_MAGIC)?;
     let mut total = DeltaStats {
@@ -122,7 +135,7 @@ pub(crate) fn encode(
             .zip(&window_hints)
             .map(|(w, h)| (&target[w.clone()], &h[..]))
             .collect();
-        let deltas = bru_rsync::diff_many_with_layout(index, &jobs, &layout)?;
+        let deltas = bru_rsync::diff_many_with_layout(index, &jobs, &basis_tar.layout)?;
         for (delta, stats) in deltas {
             let mut body = Unframe::new(&mut out);
             body.write_all(&delta)?;
