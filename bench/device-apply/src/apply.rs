@@ -265,24 +265,13 @@ struct DeltaReader<R> {
 impl<R: Read> DeltaReader<R> {
     /// Reads until `buf` is full or the stream ends; returns the bytes read.
     fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.inner.read(&mut buf[done..]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    done += n;
-                    self.pos += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Error::ReadDelta {
-                        offset: self.pos,
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(done)
+        let (n, result) = crate::layer::read_full(&mut self.inner, buf);
+        self.pos += n as u64;
+        result.map_err(|source| Error::ReadDelta {
+            offset: self.pos,
+            source,
+        })?;
+        Ok(n)
     }
 
     fn fill(&mut self, buf: &mut [u8]) -> Result<()> {

@@ -304,25 +304,14 @@ impl<R: Read> Extractor<R> {
 
     /// Reads until `buf` is full or the tar ends; returns the bytes read.
     fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.r.read(&mut buf[done..]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    done += n;
-                    self.pos += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Error::ReadLayer {
-                        layer: self.layer,
-                        offset: self.pos,
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(done)
+        let (n, result) = read_full(&mut self.r, buf);
+        self.pos += n as u64;
+        result.map_err(|source| Error::ReadLayer {
+            layer: self.layer,
+            offset: self.pos,
+            source,
+        })?;
+        Ok(n)
     }
 
     fn truncated(&self) -> Error {
@@ -453,6 +442,21 @@ fn parse_pax(mut data: &[u8], ov: &mut Overrides) -> Option<()> {
         data = &data[len..];
     }
     Some(())
+}
+
+/// Reads until `buf` is full or `r` ends, retrying interrupted reads; returns the bytes read,
+/// and the error that stopped it early, if any.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> (usize, io::Result<()>) {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (done, Err(e)),
+        }
+    }
+    (done, Ok(()))
 }
 
 #[cfg(test)]
