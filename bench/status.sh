@@ -46,7 +46,7 @@ start() { # PORT EXTRA-ARGS...
   "$bin" serve --listen "127.0.0.1:$port" --store "$work/store" --no-auth --allow-registry "$reg" \
     --insecure-registry "$reg" "$@" 2>"$work/serve-$port.log" &
   pids+=($!)
-  for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  for _ in $(seq 1 50); do curl -fsS -m 5 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "status.sh: serve on $port did not start" >&2; exit 1
 }
 start 18099
@@ -54,7 +54,7 @@ start 18098 --tag-cache-seconds 0
 tagq="src=$reg/$repo_src:v1&dest=$reg/$repo_dest:v2"
 log "building the delta"
 for _ in $(seq 1 120); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:18099/api/v3/delta?$tagq")
+  code=$(curl -s -m 30 -o /dev/null -w '%{http_code}' "http://127.0.0.1:18099/api/v3/delta?$tagq")
   [ "$code" = 200 ] && break
   sleep 1
 done
