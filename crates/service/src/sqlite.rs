@@ -958,6 +958,7 @@ mod tests {
         let eager = ClaimPolicy {
             stale_after: Duration::ZERO,
             retry_failed_after: Duration::ZERO,
+            ..ClaimPolicy::default()
         };
         let Claim::Claimed { row, .. } = store
             .claim_delta(src, dest, 3, "dead", &ClaimPolicy::default())

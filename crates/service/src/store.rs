@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bru_core::retry::RetryPolicy;
 use bru_delta::Bandwidth;
 use serde::Serialize;
 
@@ -104,6 +105,9 @@ pub struct ClaimPolicy {
     pub stale_after: Duration,
     /// A `failed` build is not retried until this long after it ended (default 10 min).
     pub retry_failed_after: Duration,
+    /// Back-off between builds of a pair interrupted by transient failures (nothing is
+    /// recorded for them): default from 30 s, doubling, at most 10 min apart, with jitter.
+    pub retry_interrupted: RetryPolicy,
 }
 
 impl Default for ClaimPolicy {
@@ -111,6 +115,11 @@ impl Default for ClaimPolicy {
         ClaimPolicy {
             stale_after: Duration::from_secs(5 * 60),
             retry_failed_after: Duration::from_secs(10 * 60),
+            retry_interrupted: RetryPolicy {
+                base: Duration::from_secs(30),
+                max_delay: Duration::from_secs(10 * 60),
+                retries: u32::MAX,
+            },
         }
     }
 }
