@@ -125,6 +125,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bru_core::retry::RetryPolicy;
 use bru_oci::{ImageReference, RegistryOptions, RegistryReference};
 use bru_service::{
     Bandwidth, BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord, ServiceError,
@@ -202,6 +203,9 @@ pub struct ServerConfig {
     pub build_timeout: Duration,
     /// A build without progress for this long is given up (default 10 min).
     pub stall_timeout: Duration,
+    /// How a build retries its transient failures before it is given up (default
+    /// [`RetryPolicy::BUILD`]).
+    pub build_retry: RetryPolicy,
 }
 
 impl ServerConfig {
@@ -220,6 +224,7 @@ impl ServerConfig {
             tag_ttl: Duration::from_secs(30),
             build_timeout: Duration::from_secs(2 * 60 * 60),
             stall_timeout: Duration::from_secs(10 * 60),
+            build_retry: RetryPolicy::BUILD,
         }
     }
 }
@@ -248,6 +253,7 @@ impl Server {
         builder.progress = Some(Arc::new(BuildHook(Arc::clone(&metrics))));
         builder.build_timeout = config.build_timeout;
         builder.stall_timeout = config.stall_timeout;
+        builder.retry = config.build_retry;
         // Heartbeat well within the stale limit, so live builds are never taken over.
         builder.heartbeat_interval = (config.policy.stale_after / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -451,7 +457,7 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(after) = self.retry_after {
-            let secs = after.as_secs().max(1) + u64::from(after.subsec_nanos() > 0);
+            let secs = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -415,6 +415,85 @@ async fn an_unreachable_registry_is_503_and_a_missing_image_404() {
 }
 
 #[tokio::test]
+async fn an_interrupted_build_is_503_with_retry_after_and_not_remembered() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let proxy = bru_test_support::FaultProxy::start(&registry.addr);
+    let store = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(store.path(), Auth::None);
+    config.registry = images.opts.clone();
+    config.registry.insecure.push(proxy.addr.clone());
+    config.allowed_registries = vec![proxy.addr.clone()];
+    config.poll = Duration::ZERO;
+    config.build_retry = bru_core::retry::RetryPolicy {
+        base: Duration::from_millis(10),
+        max_delay: Duration::from_millis(10),
+        retries: 1,
+    };
+    config.policy.retry_interrupted = bru_core::retry::RetryPolicy {
+        base: Duration::from_millis(500),
+        max_delay: Duration::from_millis(500),
+        retries: u32::MAX,
+    };
+    let server = Server::open(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.clone().serve(listener, std::future::pending()));
+    // The images as the device names them: through the proxy.
+    let via = |r: &str| r.replacen(&images.registry, &proxy.addr, 1);
+    let (src, dest) = (via(&images.src), via(&images.dest));
+    let mut ids = Vec::new();
+    for (commit, reference) in [("bbbb01", &src), ("bbbb02", &dest)] {
+        let release = server
+            .backend()
+            .add_release("fleet", commit, &[("main".into(), reference.clone())])
+            .await
+            .unwrap();
+        ids.push(release.images[0].id.to_string());
+    }
+
+    // The registry goes down: the build is interrupted, and devices are told to come back.
+    proxy.set(bru_test_support::ProxyMode::Refuse);
+    let url = format!("http://{addr}/api/v3/delta?src={}&dest={}", ids[0], ids[1]);
+    let mut answer = None;
+    for _ in 0..600 {
+        let resp = reqwest::get(&url).await.unwrap();
+        if resp.status().as_u16() != 504 {
+            answer = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = answer.expect("the build never ended");
+    assert_eq!(resp.status().as_u16(), 503);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry_after, 1, "500 ms rounds up to one second");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("interrupted"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&proxy.addr), "{body}");
+    let (_, metrics) = get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains("bru_delta_builds_failed_total 0\n"),
+        "{metrics}"
+    );
+
+    // The registry is back: after the back-off the pair is built, not refused with 422.
+    proxy.set(bru_test_support::ProxyMode::Pass);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, body, _) = poll_until_ready(addr, &ids[0], &ids[1], None).await;
+    assert_eq!(status, 200, "{body}");
+    // Two attempts in the interrupted run (one retry), one after the back-off.
+    assert_eq!(server.backend().builder().builds_started(), 3);
+}
+
+#[tokio::test]
 async fn a_failed_build_is_422_and_remembered() {
     let registry = TestRegistry::shared();
     let images = push_images(&registry).await;
