@@ -574,6 +574,17 @@ async fn answer(
             ApiError::new(503, "the registry did not answer in time")
                 .retry_after(TRANSIENT_RETRY_AFTER)
         })??;
+    // A delta of images that are not on a registry (OCI layouts, archives of the store)
+    // would be written where no device can pull it.
+    for side in [&src, &dest] {
+        if side.registry.is_none() {
+            return Err(ApiError::new(
+                422,
+                "the image is not on a registry; devices cannot pull its delta",
+            )
+            .detail(format!("image {}", side.image.id)));
+        }
+    }
     let deadline = started + state.config.poll.min(MAX_POLL);
     wait_for_delta(state, &src.image, &dest.image, deadline).await
 }

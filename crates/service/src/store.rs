@@ -186,6 +186,23 @@ pub trait Store: Send + Sync + Debug {
     /// The image with this id.
     async fn image(&self, id: u64) -> Result<Option<ImageRecord>, ServiceError>;
 
+    /// Records an image that belongs to no release (a registry image first seen in a
+    /// device's request), under `fleet` (created if new) and the image's service name.
+    /// When an image with the same location exists already, that one is returned.
+    async fn add_image(&self, fleet: &str, image: NewImage) -> Result<ImageRecord, ServiceError>;
+
+    /// The oldest successful image recorded at exactly `location`.
+    async fn image_by_location(&self, location: &str) -> Result<Option<ImageRecord>, ServiceError>;
+
+    /// Successful deltas (newest first, at most 16) between any two images with these
+    /// manifest digests: the same pair of contents under other image ids.
+    async fn deltas_by_content(
+        &self,
+        src_hash: &str,
+        dest_hash: &str,
+        version: u32,
+    ) -> Result<Vec<DeltaRecord>, ServiceError>;
+
     /// Sets the download bandwidth of a fleet's devices, which deltas of its images are built
     /// for (`None`: the builder's default); creates the fleet if it does not exist yet.
     async fn set_fleet_bandwidth(
