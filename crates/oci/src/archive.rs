@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::digest::Hasher;
-use crate::types::{media_type, MAX_DOCUMENT_SIZE};
+use crate::limits::{check_declared, MAX_ARCHIVE_MEMBERS, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
+use crate::types::media_type;
 use crate::{
     parse_manifest, verify_reader, BlobReader, Descriptor, Digest, ImageSink, ImageSource,
     Manifest, ManifestKind, OciDir, OciError, PulledImage, PutOutcome,
@@ -104,6 +105,12 @@ impl ArchiveSource {
                 } else {
                     continue;
                 };
+                if members.len() as u64 >= MAX_ARCHIVE_MEMBERS && !members.contains_key(&name) {
+                    return Err(OciError::Unsupported {
+                        what: "docker-archive member count",
+                        value: format!("more than {MAX_ARCHIVE_MEMBERS}"),
+                    });
+                }
                 members.insert(name, member);
             }
         }
@@ -120,22 +127,24 @@ impl ArchiveSource {
                 what: format!("{name} in docker-archive {}", path.display()),
             })
         };
-        let mut read_member = |offset: u64, size: u64| -> Result<Vec<u8>, OciError> {
-            if size > MAX_DOCUMENT_SIZE {
-                return Err(OciError::Unsupported {
-                    what: "document size",
-                    value: size.to_string(),
-                });
-            }
-            file.seek(SeekFrom::Start(offset)).map_err(io)?;
-            let mut buf = Vec::new();
-            (&mut file).take(size).read_to_end(&mut buf).map_err(io)?;
-            Ok(buf)
-        };
+        // Members read whole are capped by the size their tar header declares.
+        let mut read_member =
+            |offset: u64, size: u64, what: &'static str, limit: u64| -> Result<Vec<u8>, OciError> {
+                check_declared(what, size, limit)?;
+                file.seek(SeekFrom::Start(offset)).map_err(io)?;
+                let mut buf = Vec::new();
+                (&mut file).take(size).read_to_end(&mut buf).map_err(io)?;
+                Ok(buf)
+            };
 
         let (_, off, size) = locate("manifest.json")?;
-        let entries: Vec<ManifestEntry> = serde_json::from_slice(&read_member(off, size)?)
-            .map_err(|e| OciError::malformed("docker-archive manifest.json", e))?;
+        let entries: Vec<ManifestEntry> = serde_json::from_slice(&read_member(
+            off,
+            size,
+            "docker-archive manifest.json",
+            MAX_MANIFEST_SIZE,
+        )?)
+        .map_err(|e| OciError::malformed("docker-archive manifest.json", e))?;
         let entry = match &repo_tag {
             Some(rt) => entries.iter().find(|e| {
                 e.repo_tags
@@ -162,7 +171,7 @@ impl ArchiveSource {
         })?;
 
         let (_, off, size) = locate(&entry.config)?;
-        let config_bytes = read_member(off, size)?;
+        let config_bytes = read_member(off, size, "image config", MAX_CONFIG_SIZE)?;
         let config_desc = Descriptor::of_bytes(media_type::DOCKER_CONFIG, &config_bytes);
         let mut blobs = HashMap::new();
         let mut layers = Vec::new();

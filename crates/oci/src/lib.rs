@@ -39,6 +39,7 @@ mod digest;
 mod error;
 mod fixture;
 mod layout;
+pub mod limits;
 mod reference;
 mod registry;
 mod stream;
@@ -151,17 +152,18 @@ pub async fn open_source(
     })
 }
 
-/// Opens `r` for writing. OCI layouts are created if missing (an image without tag is tagged
-/// `latest`); a docker-archive is written by [`ImageSink::finish`].
+/// Opens `r` for writing. An image without tag is tagged `latest`. A missing OCI layout and
+/// a docker-archive only appear at their path in [`ImageSink::finish`]: a write that fails or
+/// is abandoned before leaves nothing there.
 pub async fn open_sink(
     r: &ImageReference,
     opts: &RegistryOptions,
 ) -> Result<Box<dyn ImageSink>, OciError> {
     Ok(match r {
-        ImageReference::OciLayout { path, tag } => Box::new(layout::LayoutSink {
-            dir: OciDir::create(path)?,
-            tag: tag.clone().unwrap_or_else(|| "latest".into()),
-        }),
+        ImageReference::OciLayout { path, tag } => Box::new(layout::LayoutSink::open(
+            path,
+            tag.clone().unwrap_or_else(|| "latest".into()),
+        )?),
         ImageReference::DockerArchive { path, repo_tag } => {
             Box::new(archive::ArchiveSink::new(path, repo_tag.clone())?)
         }
@@ -176,13 +178,12 @@ pub(crate) async fn finish_image(
     manifest_media_type: String,
     manifest: Manifest,
 ) -> Result<PulledImage, OciError> {
-    if manifest.config.size > types::MAX_DOCUMENT_SIZE {
-        return Err(OciError::Unsupported {
-            what: "config size",
-            value: manifest.config.size.to_string(),
-        });
-    }
+    limits::check_declared(
+        "image config",
+        manifest.config.size,
+        limits::MAX_CONFIG_SIZE,
+    )?;
     let reader = src.blob(&manifest.config).await?;
-    let config = stream::read_verified(reader, types::MAX_DOCUMENT_SIZE).await?;
+    let config = limits::read_capped_async(reader, "image config", limits::MAX_CONFIG_SIZE).await?;
     PulledImage::from_parts(manifest_bytes, manifest_media_type, manifest, config)
 }
