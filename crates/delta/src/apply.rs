@@ -16,9 +16,9 @@ use crate::chain::common_prefix;
 use crate::config::delta_labels;
 use crate::create::write_layer;
 use crate::error::{blocking, DeltaError, Role};
-use crate::fetch::{fetch_blob, fetch_layer, stream_error, two_images};
+use crate::fetch::{fetch_blob, fetch_layer_capped, stream_error, two_images};
 use crate::layer::with_first_entry;
-use crate::limits::{Bound, CappedReader, CappedWriter, OutputLimits};
+use crate::limits::{self, Bound, CappedReader, CappedWriter, OutputLimits};
 use crate::manifest::{manifest_bytes, Format};
 use crate::progress::{Event, Progress, Step};
 use crate::{publish, workdir};
@@ -147,15 +147,14 @@ pub async fn apply(
             let (progress, done, src) = (&progress, &done, &src);
             async move {
                 let file = File::create(&path).map_err(DeltaError::io(&path))?;
-                let (file, len) = fetch_layer(
+                let (file, len) = fetch_layer_capped(
                     source,
-                    Role::Source,
-                    i,
+                    (Role::Source, i),
                     desc,
                     &src.config.diff_ids[i],
-                    file,
-                    &path,
+                    (file, &path),
                     None,
+                    Some(limits::source_inflated(desc.size, opts.max_output_bytes)),
                 )
                 .await?;
                 let now = done.fetch_add(desc.size, std::sync::atomic::Ordering::Relaxed);
@@ -206,7 +205,8 @@ pub async fn apply(
                     }
                 })?;
                 let tripped = Cell::new(None);
-                let plain = CappedReader::new(plain, inflated_limit, &tripped);
+                let plain =
+                    CappedReader::new(plain, inflated_limit, Bound::InflatedDelta, &tripped);
                 let mut patched = None;
                 let written = write_layer(&blob_path, format, level, |w| {
                     let mut w = CappedWriter::new(w, layer_limit, (&total, total_limit), &tripped);
@@ -218,7 +218,7 @@ pub async fn apply(
                 // A limit wins over the errors it caused, however they were wrapped.
                 if let Some(bound) = tripped.get() {
                     let limit = match bound {
-                        Bound::InflatedDelta => inflated_limit,
+                        Bound::InflatedDelta | Bound::InflatedSource => inflated_limit,
                         Bound::Layer => layer_limit,
                         _ => total_limit,
                     };

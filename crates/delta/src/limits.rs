@@ -16,6 +16,10 @@
 //! * **All rebuilt layers together**: `4 × max(B, 1 MiB) + Σᵢ max(64 MiB, 32 × Dᵢ)`: the COPY
 //!   allowance is shared, so a delta cannot multiply it by its layer count.
 //!
+//! * **Inflated source layer** `j` (fetched to build the basis): `max(64 MiB, 32 × Sⱼ)`, `Sⱼ`
+//!   its compressed size, so a source image cannot fill the disk either. A source layer
+//!   holding, say, a large file of zeros can legitimately exceed it: raise the limit then.
+//!
 //! Layers of the common prefix are the source's own blobs and are not counted. An explicit
 //! limit `N` ([`ApplyOptions::max_output_bytes`](crate::ApplyOptions::max_output_bytes),
 //! `--max-output-bytes` on the command line) replaces the derived limits on each layer and
@@ -46,6 +50,8 @@ const MIB: u64 = 1 << 20;
 pub enum Bound {
     /// The decompressed bytes of one delta layer.
     InflatedDelta,
+    /// The decompressed bytes of one source layer (the basis).
+    InflatedSource,
     /// The bytes of one rebuilt layer.
     Layer,
     /// The bytes of all rebuilt layers together.
@@ -56,6 +62,7 @@ impl fmt::Display for Bound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Bound::InflatedDelta => "the inflated delta layer",
+            Bound::InflatedSource => "the inflated source layer",
             Bound::Layer => "the rebuilt layer",
             Bound::Total => "the rebuilt layers together",
         })
@@ -99,6 +106,13 @@ impl OutputLimits {
             }
         }
     }
+}
+
+/// The inflation limit of a source layer of `compressed` bytes: `max(64 MiB, 32 ×
+/// compressed)`, raised to at least `explicit` when given.
+pub fn source_inflated(compressed: u64, explicit: Option<u64>) -> u64 {
+    let derived = compressed.saturating_mul(INFLATE_RATIO).max(INFLATE_FLOOR);
+    explicit.map_or(derived, |n| derived.max(n))
 }
 
 /// A byte count given with an optional unit: `1000`, `64KiB`, `512M`, `10 GB`.
@@ -203,18 +217,25 @@ fn exceeded(bound: Bound, tripped: &Cell<Option<Bound>>) -> io::Error {
     io::Error::other(Exceeded { bound })
 }
 
-/// Passes at most `limit` bytes of `inner` through; one more is an error (and trips).
+/// Passes at most `limit` bytes of `inner` through; one more is an error (and trips `bound`).
 pub(crate) struct CappedReader<'a, R> {
     inner: R,
     left: u64,
+    bound: Bound,
     tripped: &'a Cell<Option<Bound>>,
 }
 
 impl<'a, R: Read> CappedReader<'a, R> {
-    pub(crate) fn new(inner: R, limit: u64, tripped: &'a Cell<Option<Bound>>) -> Self {
+    pub(crate) fn new(
+        inner: R,
+        limit: u64,
+        bound: Bound,
+        tripped: &'a Cell<Option<Bound>>,
+    ) -> Self {
         CappedReader {
             inner,
             left: limit,
+            bound,
             tripped,
         }
     }
@@ -230,7 +251,7 @@ impl<R: Read> Read for CappedReader<'_, R> {
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
-                _ => Err(exceeded(Bound::InflatedDelta, self.tripped)),
+                _ => Err(exceeded(self.bound, self.tripped)),
             };
         }
         let max = buf
@@ -296,6 +317,8 @@ impl<W: Write> Write for CappedWriter<'_, W> {
 mod tests {
     use super::*;
 
+    const GIB: u64 = 1 << 30;
+
     #[test]
     fn derived_limits_follow_the_documented_formulas() {
         let l = OutputLimits::derive(100 * MIB, &[10 * MIB, 1], None);
@@ -311,6 +334,10 @@ mod tests {
         assert_eq!(l.inflated, [320 * MIB, 200 * MIB]);
         assert_eq!(l.layer, [200 * MIB, 200 * MIB]);
         assert_eq!(l.total, 200 * MIB);
+        assert_eq!(source_inflated(MIB, None), 64 * MIB);
+        assert_eq!(source_inflated(10 * MIB, None), 320 * MIB);
+        assert_eq!(source_inflated(MIB, Some(GIB)), GIB);
+        assert_eq!(source_inflated(10 * MIB, Some(MIB)), 320 * MIB);
         // Nothing overflows.
         let l = OutputLimits::derive(u64::MAX, &[u64::MAX, u64::MAX], None);
         assert_eq!(l.total, u64::MAX);
@@ -371,12 +398,12 @@ mod tests {
     fn the_reader_passes_the_limit_and_refuses_one_byte_more() {
         let tripped = Cell::new(None);
         let mut out = Vec::new();
-        CappedReader::new(&[7u8; 100][..], 100, &tripped)
+        CappedReader::new(&[7u8; 100][..], 100, Bound::InflatedDelta, &tripped)
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!((out.len(), tripped.get()), (100, None));
         out.clear();
-        let e = CappedReader::new(&[7u8; 101][..], 100, &tripped)
+        let e = CappedReader::new(&[7u8; 101][..], 100, Bound::InflatedDelta, &tripped)
             .read_to_end(&mut out)
             .unwrap_err();
         assert!(e.get_ref().is_some_and(|e| e.is::<Exceeded>()));

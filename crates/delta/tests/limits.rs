@@ -68,6 +68,11 @@ impl GzDeltaLayer {
 
 /// Writes a delta image for the pair's source with the given gzip'd layer blobs, tagged `tag`.
 fn write_delta(pair: &Pair, tag: &str, blobs: &[Vec<u8>]) {
+    write_delta_for(pair, &pair.source.config.digest, tag, blobs)
+}
+
+/// Writes a delta image for the source image `base` to the pair's target.
+fn write_delta_for(pair: &Pair, base: &Digest, tag: &str, blobs: &[Vec<u8>]) {
     let oci = OciDir::open(pair.dir.path().join("images")).unwrap();
     let layers: Vec<_> = blobs
         .iter()
@@ -75,12 +80,9 @@ fn write_delta(pair: &Pair, tag: &str, blobs: &[Vec<u8>]) {
         .collect();
     // apply never reads a delta's own DiffIDs; they only have to be there.
     let ids: Vec<String> = blobs.iter().map(|b| Digest::of(b).to_string()).collect();
-    let config = bru_delta::config::delta_config(
-        &pair.source.config.digest.to_string(),
-        &pair.target.config_bytes,
-        &ids,
-    )
-    .unwrap();
+    let config =
+        bru_delta::config::delta_config(&base.to_string(), &pair.target.config_bytes, &ids)
+            .unwrap();
     let config = oci.write_blob(media_type::DOCKER_CONFIG, &config).unwrap();
     let manifest = Manifest::new(media_type::DOCKER_MANIFEST, config, layers);
     let desc = oci
@@ -100,10 +102,21 @@ async fn apply_to(
     out: &ImageReference,
     max_output_bytes: Option<u64>,
 ) -> Result<ApplyInfo, DeltaError> {
+    apply_from(pair, "source", delta, out, max_output_bytes).await
+}
+
+/// [`apply_to`] from the pair's image tagged `source`.
+async fn apply_from(
+    pair: &Pair,
+    source: &str,
+    delta: &ImageReference,
+    out: &ImageReference,
+    max_output_bytes: Option<u64>,
+) -> Result<ApplyInfo, DeltaError> {
     let work = pair.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let o = RegistryOptions::default();
-    let s = open_source(&pair.reference("source"), &o).await.unwrap();
+    let s = open_source(&pair.reference(source), &o).await.unwrap();
     let d = open_source(delta, &o).await.unwrap();
     let sink = open_sink(out, &o).await.unwrap();
     let opts = ApplyOptions {
@@ -175,6 +188,91 @@ async fn a_gzip_bomb_stops_at_the_inflation_limit() {
         }
         no_partial_output(&pair, name);
     }
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_in_the_source_stops_at_its_inflation_limit() {
+    let pair = pair();
+    let oci = OciDir::open(pair.dir.path().join("images")).unwrap();
+    // A source image whose one layer is a tar of 128 MiB of zeros.
+    let len = 128 * MIB;
+    let mut layer = GzDeltaLayer::new(len);
+    let zeros = vec![0u8; MIB as usize];
+    for _ in 0..len / MIB {
+        layer.put(&zeros);
+    }
+    let bomb = layer.finish();
+    let blob = oci
+        .write_blob(media_type::DOCKER_LAYER_GZIP, &bomb)
+        .unwrap();
+    // The DiffID is never reached: the limit stops the fetch first.
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(b"").to_string()]},
+    });
+    let config = oci
+        .write_blob(
+            media_type::DOCKER_CONFIG,
+            &serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+    let manifest = Manifest::new(media_type::DOCKER_MANIFEST, config.clone(), vec![blob]);
+    let desc = oci
+        .write_blob(media_type::DOCKER_MANIFEST, &manifest.to_json())
+        .unwrap();
+    oci.tag(&desc, "bomb-source").unwrap();
+    write_delta_for(
+        &pair,
+        &config.digest,
+        "for-bomb",
+        &[empty_layer(), empty_layer()],
+    );
+
+    let err = apply_from(
+        &pair,
+        "bomb-source",
+        &pair.reference("for-bomb"),
+        &pair.out("applied"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeltaError::TooLarge {
+                index: 0,
+                bound: Bound::InflatedSource,
+                limit: INFLATE_FLOOR
+            }
+        ),
+        "{err:?}"
+    );
+    no_partial_output(&pair, "applied");
+
+    // Raised above the layer's size, the fetch completes and the DiffID check refuses it.
+    let err = apply_from(
+        &pair,
+        "bomb-source",
+        &pair.reference("for-bomb"),
+        &pair.out("applied"),
+        Some(256 * MIB),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeltaError::DiffIdMismatch {
+                role: bru_delta::Role::Source,
+                index: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    no_partial_output(&pair, "applied");
 }
 
 /// A delta stream of `n` COPYs of `len` bytes at offset 0.
