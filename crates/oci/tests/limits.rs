@@ -257,3 +257,31 @@ impl Tagged for bru_oci::WrittenImage {
         d
     }
 }
+
+#[tokio::test]
+async fn a_docker_archive_with_too_many_members_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("many.tar");
+    let mut b = tar::Builder::new(std::io::BufWriter::new(fs::File::create(&path).unwrap()));
+    for i in 0..=bru_oci::limits::MAX_ARCHIVE_MEMBERS {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("f{i}"), &[][..]).unwrap();
+    }
+    b.into_inner().unwrap();
+    let r: ImageReference = format!("docker-archive:{}", path.display())
+        .parse()
+        .unwrap();
+    let e = image_error(&r).await;
+    assert!(
+        matches!(
+            e,
+            OciError::Unsupported {
+                what: "docker-archive member count",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
