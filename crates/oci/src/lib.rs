@@ -29,6 +29,12 @@
 //! * `oci-spec` (0.10) is not used either: it brings `derive_builder`, `getset`, `strum`,
 //!   `const_format` and `regex` for what are here about sixty lines of plain serde structs, and
 //!   we never re-serialize pulled documents, which is where typed structs would pay off.
+//! * Every document read whole into memory (manifest, index, `index.json`, a docker-archive's
+//!   `manifest.json`, config) is capped before it is read ([`limits`]: 4 MiB for manifests and
+//!   indexes, as containerd, 8 MiB for configs) and refused with [`OciError::TooLarge`].
+//! * Writing is all-or-nothing at the destination path: a new OCI layout is staged beside its
+//!   path and a docker-archive is written to a temporary file, both renamed into place by
+//!   [`ImageSink::finish`].
 //! * Known interoperability limit: skopeo 1.9 ignores OCI-layout `index.json` entries whose
 //!   media type is a Docker one, so images meant for skopeo should be written to OCI layouts
 //!   with OCI media types ([`ManifestFormat::Oci`] in the fixture builder).
