@@ -29,6 +29,11 @@ pub const MAX_CONFIG_SIZE: u64 = 8 * 1024 * 1024;
 /// per layer).
 pub const MAX_ARCHIVE_MEMBERS: u64 = 1 << 16;
 
+/// Most bytes of tar headers (including PAX and GNU long-name extensions, which the tar
+/// parser reads whole) read while indexing a docker-archive: 64 MiB, room for every member
+/// the member cap allows.
+pub const MAX_ARCHIVE_HEADER_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Fails with [`OciError::TooLarge`] when a declared `size` is above `limit`, before anything
 /// is read.
 pub fn check_declared(what: &'static str, size: u64, limit: u64) -> Result<(), OciError> {

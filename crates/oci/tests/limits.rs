@@ -285,3 +285,33 @@ async fn a_docker_archive_with_too_many_members_is_refused() {
         "{e:?}"
     );
 }
+
+#[tokio::test]
+async fn a_huge_extended_tar_header_in_a_docker_archive_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("pax.tar");
+    // A PAX extended header of 1 GiB, which the tar parser would read whole; the data is a hole.
+    let mut h = tar::Header::new_ustar();
+    h.set_path("PaxHeaders/x").unwrap();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_size(GIB);
+    h.set_mode(0o644);
+    h.set_cksum();
+    fs::write(&path, h.as_bytes()).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(512 + GIB + 1024).unwrap();
+    let r: ImageReference = format!("docker-archive:{}", path.display())
+        .parse()
+        .unwrap();
+    let e = image_error(&r).await;
+    assert!(
+        matches!(
+            e,
+            OciError::TooLarge {
+                what: "docker-archive headers",
+                limit: bru_oci::limits::MAX_ARCHIVE_HEADER_BYTES
+            }
+        ),
+        "{e:?}"
+    );
+}
