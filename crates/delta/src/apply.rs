@@ -1,8 +1,10 @@
 //! Applying a delta image to a source image: what a balena device does on pull.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use bru_oci::{decompress_read, Descriptor, Digest, ImageConfig, ImageSink, ImageSource};
@@ -14,8 +16,9 @@ use crate::chain::common_prefix;
 use crate::config::delta_labels;
 use crate::create::write_layer;
 use crate::error::{blocking, DeltaError, Role};
-use crate::fetch::{fetch_blob, fetch_layer, stream_error, two_images};
+use crate::fetch::{fetch_blob, fetch_layer_capped, stream_error, two_images};
 use crate::layer::with_first_entry;
+use crate::limits::{self, Bound, CappedReader, CappedWriter, OutputLimits};
 use crate::manifest::{manifest_bytes, Format};
 use crate::progress::{Event, Progress, Step};
 use crate::{publish, workdir};
@@ -31,6 +34,9 @@ pub struct ApplyOptions {
     /// uncompressed tars, as a device stores them: compression would dominate
     /// the apply time.
     pub gzip_level: u32,
+    /// Limit of the bytes rebuilt, for each layer and for all together (uncompressed
+    /// tars). `None` (the default): derived from the inputs, see [`crate::limits`].
+    pub max_output_bytes: Option<u64>,
 }
 
 impl Default for ApplyOptions {
@@ -39,6 +45,7 @@ impl Default for ApplyOptions {
             workdir: None,
             format: Format::Docker,
             gzip_level: 0,
+            max_output_bytes: None,
         }
     }
 }
@@ -73,6 +80,11 @@ pub struct ApplyInfo {
 /// The config bytes of the result are the target's, so its image ID equals
 /// the target's; the layers are recompressed, so blob and manifest digests
 /// differ from the original target's (as on a device).
+///
+/// Rebuilding stops with [`DeltaError::TooLarge`] at the first byte over a
+/// limit derived from the inputs ([`crate::limits`]). All layers are rebuilt
+/// in a private work directory before anything is handed to `sink`, so a
+/// failure while rebuilding writes nothing to it.
 pub async fn apply(
     source: &dyn ImageSource,
     delta: &dyn ImageSource,
@@ -135,15 +147,14 @@ pub async fn apply(
             let (progress, done, src) = (&progress, &done, &src);
             async move {
                 let file = File::create(&path).map_err(DeltaError::io(&path))?;
-                let (file, len) = fetch_layer(
+                let (file, len) = fetch_layer_capped(
                     source,
-                    Role::Source,
-                    i,
+                    (Role::Source, i),
                     desc,
                     &src.config.diff_ids[i],
-                    file,
-                    &path,
+                    (file, &path),
                     None,
+                    Some(limits::source_inflated(desc.size, opts.max_output_bytes)),
                 )
                 .await?;
                 let now = done.fetch_add(desc.size, std::sync::atomic::Ordering::Relaxed);
@@ -158,6 +169,11 @@ pub async fn apply(
         progress.event(Event::End {
             step: Step::FetchSource,
         });
+        let basis_len = parts.iter().map(|(_, len)| len).sum();
+        let delta_sizes: Vec<u64> = d.manifest.layers[k..].iter().map(|l| l.size).collect();
+        let limits = OutputLimits::derive(basis_len, &delta_sizes, opts.max_output_bytes);
+        tracing::debug!(basis_len, total_limit = limits.total, "apply limits");
+        let total = Arc::new(AtomicU64::new(0));
 
         for i in k..target.diff_ids.len() {
             let step = Step::Rebuild { layer: i };
@@ -176,6 +192,8 @@ pub async fn apply(
             let blob_path = work.path().join(format!("layer-{i}.tar.gz"));
             let expected = target.diff_ids[i].clone();
             let (format, level) = (opts.format, opts.gzip_level);
+            let (inflated_limit, layer_limit) = (limits.inflated[i - k], limits.layer[i - k]);
+            let (total, total_limit) = (Arc::clone(&total), limits.total);
             let desc = blocking(move || {
                 let basis = LayeredBasis::open(&parts)?;
                 let bridge = SyncIoBridge::new_with_handle(reader, handle);
@@ -186,12 +204,31 @@ pub async fn apply(
                         source,
                     }
                 })?;
+                let tripped = Cell::new(None);
+                let plain =
+                    CappedReader::new(plain, inflated_limit, Bound::InflatedDelta, &tripped);
                 let mut patched = None;
-                let (desc, rebuilt) = write_layer(&blob_path, format, level, |w| {
-                    let r = with_first_entry(plain, |entry| bru_rsync::patch(&basis, entry, w));
+                let written = write_layer(&blob_path, format, level, |w| {
+                    let mut w = CappedWriter::new(w, layer_limit, (&total, total_limit), &tripped);
+                    let r =
+                        with_first_entry(plain, |entry| bru_rsync::patch(&basis, entry, &mut w));
                     patched = Some(r);
                     Ok(())
-                })?;
+                });
+                // A limit wins over the errors it caused, however they were wrapped.
+                if let Some(bound) = tripped.get() {
+                    let limit = match bound {
+                        Bound::InflatedDelta | Bound::InflatedSource => inflated_limit,
+                        Bound::Layer => layer_limit,
+                        _ => total_limit,
+                    };
+                    return Err(DeltaError::TooLarge {
+                        index: i,
+                        bound,
+                        limit,
+                    });
+                }
+                let (desc, rebuilt) = written?;
                 match patched {
                     Some(Ok(Ok(_))) => {}
                     Some(Ok(Err(source))) => return Err(patch_error(i, source)),

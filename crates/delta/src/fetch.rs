@@ -11,6 +11,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::error::{blocking, DeltaError, Role};
 use crate::hashio::HashWriter;
+use crate::limits::{Bound, CappedReader};
 
 const BUF: usize = 256 * 1024;
 
@@ -126,6 +127,29 @@ pub(crate) async fn fetch_layer(
     out_path: &Path,
     tee: Option<Tee>,
 ) -> Result<(File, u64), DeltaError> {
+    fetch_layer_capped(
+        src,
+        (role, index),
+        desc,
+        diff_id,
+        (out, out_path),
+        tee,
+        None,
+    )
+    .await
+}
+
+/// [`fetch_layer`] that stops with [`DeltaError::TooLarge`]
+/// ([`Bound::InflatedSource`]) after `cap` decompressed bytes, when given.
+pub(crate) async fn fetch_layer_capped(
+    src: &dyn ImageSource,
+    (role, index): (Role, usize),
+    desc: &Descriptor,
+    diff_id: &Digest,
+    (out, out_path): (File, &Path),
+    tee: Option<Tee>,
+    cap: Option<u64>,
+) -> Result<(File, u64), DeltaError> {
     let reader = src.blob(desc).await.map_err(|source| DeltaError::Layer {
         role,
         index,
@@ -143,8 +167,19 @@ pub(crate) async fn fetch_layer(
                 source,
             }
         })?;
+        let tripped = std::cell::Cell::new(None);
+        let limit = cap.unwrap_or(u64::MAX);
+        let plain = CappedReader::new(plain, limit, Bound::InflatedSource, &tripped);
         let w = HashWriter::new(BufWriter::with_capacity(BUF, out));
-        let (w, _) = copy_pipelined(plain, w, tee.as_ref(), (role, index), &path)?;
+        let copied = copy_pipelined(plain, w, tee.as_ref(), (role, index), &path);
+        if let Some(bound) = tripped.get() {
+            return Err(DeltaError::TooLarge {
+                index,
+                bound,
+                limit,
+            });
+        }
+        let (w, _) = copied?;
         let (buffered, actual, len) = w.finish();
         if actual != expected {
             return Err(DeltaError::DiffIdMismatch {

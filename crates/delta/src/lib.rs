@@ -18,6 +18,8 @@
 //! Building memory-maps the basis and one target layer at a time and releases
 //! pages it is done with, so its resident set stays below the source image's
 //! uncompressed size; applying reads the basis by offset and needs a few MiB.
+//! What applying writes is bounded by limits derived from its inputs, so a gzip
+//! bomb or a delta of endless COPYs stops early (see [`limits`]).
 //!
 //! Speed: fetching (decompress on one thread, hash and write on another),
 //! indexing (fed from the fetch), matching (two windows at once), the
@@ -34,6 +36,7 @@ mod fetch;
 mod hashio;
 pub mod inspect;
 pub mod layer;
+pub mod limits;
 pub mod manifest;
 pub mod progress;
 
@@ -46,6 +49,7 @@ pub use bru_rsync::Bandwidth;
 pub use create::{create, CreateOptions, DeltaInfo, LayerInfo, LayerKind};
 pub use error::{DeltaError, Role};
 pub use inspect::inspect;
+pub use limits::{Bound, ByteSize};
 pub use manifest::Format;
 pub use progress::{Event, NoProgress, Progress, Step};
 

@@ -386,7 +386,9 @@ impl PulledImage {
     }
 }
 
-/// The largest manifest, index or config document accepted from any transport.
+/// The largest manifest the registry client accepts. Layouts, archives and configs use the
+/// caps in [`crate::limits`]; the registry client is to move to
+/// [`crate::limits::MAX_MANIFEST_SIZE`] and [`crate::limits::read_capped_async`].
 pub(crate) const MAX_DOCUMENT_SIZE: u64 = 8 * 1024 * 1024;
 
 #[cfg(test)]
