@@ -20,7 +20,8 @@ use tokio::io::AsyncReadExt;
 use bru_core::retry::{parse_retry_after, RetryPolicy};
 
 use crate::deadline::{shared_client, MinSpeed, Timeouts};
-use crate::types::{media_type, MAX_DOCUMENT_SIZE};
+use crate::limits;
+use crate::types::media_type;
 use crate::{
     parse_manifest, verify_reader, BlobReader, Descriptor, Digest, ImageReference, ImageSink,
     ImageSource, ManifestKind, OciError, Platform, PulledImage, PutOutcome, RegistryReference,
@@ -208,7 +209,9 @@ async fn status_error(resp: Response) -> OciError {
     let status = resp.status();
     let mut url = resp.url().clone();
     url.set_query(None);
-    let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
+    let body = read_limited(resp, "error body", 64 * 1024)
+        .await
+        .unwrap_or_default();
     let first = serde_json::from_slice::<Body>(&body)
         .ok()
         .and_then(|b| b.errors.into_iter().next());
@@ -242,8 +245,8 @@ fn stream_error(e: reqwest::Error) -> std::io::Error {
     std::io::Error::new(kind, e)
 }
 
-/// Reads a response body of at most `limit` bytes.
-async fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>, OciError> {
+/// Reads a response body of at most `limit` bytes ([`OciError::TooLarge`] beyond).
+async fn read_limited(resp: Response, what: &'static str, limit: u64) -> Result<Vec<u8>, OciError> {
     let url = resp.url().to_string();
     let stream = resp.bytes_stream().map_err(stream_error);
     let mut out = Vec::new();
@@ -256,10 +259,7 @@ async fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>, OciError> {
             reason: e.to_string(),
         })?;
     if out.len() as u64 > limit {
-        return Err(OciError::Unsupported {
-            what: "document size",
-            value: format!("more than {limit} bytes"),
-        });
+        return Err(OciError::TooLarge { what, limit });
     }
     Ok(out)
 }
@@ -426,7 +426,7 @@ impl Client {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body = read_limited(resp, 1024 * 1024).await?;
+        let body = read_limited(resp, "token response", 1024 * 1024).await?;
         let t: Token = serde_json::from_slice(&body)
             .map_err(|e| auth_err(format!("malformed token response: {e}")))?;
         t.token
@@ -542,7 +542,10 @@ impl RegistrySource {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = read_limited(resp, MAX_DOCUMENT_SIZE).await?;
+        if let Some(declared) = resp.content_length() {
+            limits::check_declared("manifest", declared, limits::MAX_MANIFEST_SIZE)?;
+        }
+        let bytes = read_limited(resp, "manifest", limits::MAX_MANIFEST_SIZE).await?;
         if let Some(expected) = expected {
             let actual = Digest::of(&bytes);
             if actual != *expected {

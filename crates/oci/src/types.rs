@@ -386,11 +386,6 @@ impl PulledImage {
     }
 }
 
-/// The largest manifest the registry client accepts. Layouts, archives and configs use the
-/// caps in [`crate::limits`]; the registry client is to move to
-/// [`crate::limits::MAX_MANIFEST_SIZE`] and [`crate::limits::read_capped_async`].
-pub(crate) const MAX_DOCUMENT_SIZE: u64 = 8 * 1024 * 1024;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -541,3 +541,32 @@ async fn retry_after_is_honoured() {
     let waited = f.times[1] - f.times[0];
     assert!(waited >= std::time::Duration::from_secs(2), "{waited:?}");
 }
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_before_it_is_read_whole() {
+    let i = img();
+    let mut r = routes(&i, i.layer.clone());
+    // 5 MiB of JSON whitespace: a valid document, above the 4 MiB cap.
+    let mut huge = i.manifest.clone();
+    huge.splice(1..1, std::iter::repeat_n(b' ', 5 * 1024 * 1024));
+    r.insert(
+        "/v2/team/app/manifests/huge".into(),
+        (200, media_type::DOCKER_MANIFEST.into(), huge),
+    );
+    let (addr, _state) = serve(Fake {
+        routes: r,
+        ..Default::default()
+    })
+    .await;
+    let e = open_source(&reference(&addr, ":huge"), &options(&addr, None))
+        .await
+        .unwrap()
+        .image()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, OciError::TooLarge { what: "manifest", limit } if limit == bru_oci::limits::MAX_MANIFEST_SIZE),
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
+}
