@@ -27,6 +27,7 @@
 //! the delta bytes do not depend on any of it (see `DESIGN.md`, "Build speed").
 
 pub mod apply;
+mod basis;
 pub mod chain;
 pub mod config;
 pub mod create;
