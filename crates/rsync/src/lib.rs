@@ -13,8 +13,11 @@ mod device;
 mod encode;
 mod format;
 mod matcher;
+mod op;
+mod options;
 mod patch;
 mod refine;
+mod stitch;
 pub mod tar;
 
 pub use device::{
