@@ -39,6 +39,8 @@
 //!   media type is a Docker one, so images meant for skopeo should be written to OCI layouts
 //!   with OCI media types ([`ManifestFormat::Oci`] in the fixture builder).
 
+#![deny(missing_docs)]
+
 mod archive;
 mod copy;
 mod deadline;

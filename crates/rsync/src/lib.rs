@@ -9,6 +9,8 @@
 //! * [`DeviceCost`] and [`BasisLayout`] model what a device pays to apply each command, so that
 //!   [`diff_with_layout`] can minimise download plus apply time instead of bytes alone.
 
+#![deny(missing_docs)]
+
 mod device;
 mod encode;
 mod format;

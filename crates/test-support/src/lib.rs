@@ -6,6 +6,8 @@
 //! dropped. A missing binary fails the test with an install hint; it never
 //! skips silently.
 
+#![deny(missing_docs)]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
