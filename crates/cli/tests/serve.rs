@@ -164,27 +164,6 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Copies an image blob by blob between two references.
-async fn copy(from: &str, to: &str, opts: &bru_oci::RegistryOptions) {
-    let (from, to): (bru_oci::ImageReference, bru_oci::ImageReference) =
-        (from.parse().unwrap(), to.parse().unwrap());
-    let src = bru_oci::open_source(&from, opts).await.unwrap();
-    let sink = bru_oci::open_sink(&to, opts).await.unwrap();
-    let image = src.image().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for desc in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
-        let mut r = src.blob(desc).await.unwrap();
-        let path = dir.path().join(desc.digest.hex());
-        let mut f = tokio::fs::File::create(&path).await.unwrap();
-        tokio::io::copy(&mut r, &mut f).await.unwrap();
-        sink.put_blob(&path, desc).await.unwrap();
-    }
-    sink.put_manifest(&image.manifest_bytes, &image.manifest_media_type)
-        .await
-        .unwrap();
-    sink.finish().await.unwrap();
-}
-
 /// `kill -9` right after a build starts: no partial delta is visible under the delta's
 /// tag, and the next server on the store takes the build over and completes it.
 #[cfg(unix)]
@@ -198,17 +177,7 @@ async fn a_killed_build_leaves_no_partial_delta_and_is_taken_over() {
     opts.insecure = vec![registry.addr.clone()];
     let tmp = tempfile::tempdir().unwrap();
     let layout = OciDir::create(tmp.path().join("images")).unwrap();
-    let noise = |seed: u64, len: usize| -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    };
+    use bru_test_support::noise;
     let app1 = noise(7, 1 << 20);
     let mut app2 = app1.clone();
     app2[5000..5010].copy_from_slice(b"0123456789");
@@ -218,7 +187,7 @@ async fn a_killed_build_leaves_no_partial_delta_and_is_taken_over() {
         let spec = ImageSpec::new(vec![tar_of(&[("app/bin", &app)])]);
         layout.write_image(tag, &spec).unwrap();
         let to = format!("{}/{repo}:{tag}", registry.addr);
-        copy(
+        bru_test_support::copy_image(
             &format!("oci:{}:{tag}", tmp.path().join("images").display()),
             &to,
             &opts,

@@ -9,45 +9,10 @@ use std::time::Duration;
 use bru_delta::{ApplyOptions, NoProgress};
 use bru_oci::{open_sink, open_source, tar_of, ImageReference, ImageSpec, OciDir, RegistryOptions};
 use bru_server::{Auth, Server, ServerConfig, Verifier};
-use bru_test_support::{unique_repo, TestRegistry};
+use bru_test_support::{copy_image as copy, noise, unique_repo, TestRegistry};
 use common::{claims, now, TestKey};
 
 mod common;
-
-/// Deterministic, poorly compressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// Copies an image blob by blob between two references.
-async fn copy(from: &str, to: &str, opts: &RegistryOptions) {
-    let (from, to): (ImageReference, ImageReference) = (from.parse().unwrap(), to.parse().unwrap());
-    let src = open_source(&from, opts).await.unwrap();
-    let sink = open_sink(&to, opts).await.unwrap();
-    let image = src.image().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for desc in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
-        let mut r = src.blob(desc).await.unwrap();
-        let path = dir.path().join(desc.digest.hex());
-        let mut f = tokio::fs::File::create(&path).await.unwrap();
-        tokio::io::copy(&mut r, &mut f).await.unwrap();
-        sink.put_blob(&path, desc).await.unwrap();
-    }
-    sink.put_manifest(&image.manifest_bytes, &image.manifest_media_type)
-        .await
-        .unwrap();
-    sink.finish().await.unwrap();
-}
 
 /// Two releases of one service pushed to the registry, each in its own repository (as
 /// balena stores them). References are pinned by digest, as the supervisor sends them.

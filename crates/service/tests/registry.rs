@@ -12,15 +12,7 @@ use bru_service::{
     delta_tag, BuilderConfig, ClaimPolicy, DeltaBuilder, DeltaRequest, DeltaStatus, Embedded,
     ServiceError, SqliteStore, DELTA_VERSION,
 };
-use bru_test_support::{unique_repo, TestRegistry};
-
-/// Copies an image blob by blob between two references.
-async fn copy(from: &str, to: &str, opts: &RegistryOptions) {
-    let (from, to): (ImageReference, ImageReference) = (from.parse().unwrap(), to.parse().unwrap());
-    let src = open_source(&from, opts).await.unwrap();
-    let sink = open_sink(&to, opts).await.unwrap();
-    bru_oci::copy_image(&*src, &*sink).await.unwrap();
-}
+use bru_test_support::{copy_image as copy, unique_repo, TestRegistry};
 
 #[tokio::test]
 async fn registry_deltas_go_to_the_destination_repository() {

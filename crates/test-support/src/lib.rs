@@ -163,3 +163,22 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Copies the image `from` to `to` (any references [`bru_oci::ImageReference`] parses), blob
+/// by blob, keeping the manifest bytes.
+///
+/// # Panics
+/// When either side cannot be opened or the copy fails (test code).
+pub async fn copy_image(from: &str, to: &str, opts: &bru_oci::RegistryOptions) {
+    let (from, to): (bru_oci::ImageReference, bru_oci::ImageReference) = (
+        from.parse().expect("source reference"),
+        to.parse().expect("destination reference"),
+    );
+    let src = bru_oci::open_source(&from, opts)
+        .await
+        .expect("open source");
+    let sink = bru_oci::open_sink(&to, opts).await.expect("open sink");
+    bru_oci::copy_image(&*src, &*sink)
+        .await
+        .expect("copy the image");
+}

@@ -24,18 +24,7 @@ pub fn layer(files: &[File]) -> Vec<u8> {
     bru_oci::tar_of(&entries)
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use bru_test_support::noise;
 
 /// Source and target images written to one OCI layout, tagged `source` and `target`.
 pub struct Pair {

@@ -7,26 +7,15 @@ use std::sync::Arc;
 
 use bru_oci::{tar_of, ImageSpec, OciDir};
 use bru_service::{BuilderConfig, ClaimPolicy, DeltaBuilder, Embedded, SqliteStore};
-use sha2::{Digest as _, Sha256};
 
-/// `len` incompressible bytes derived from `seed`.
-pub fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut i = 0u64;
-    while out.len() < len {
-        out.extend_from_slice(&Sha256::digest(format!("{seed}/{i}").as_bytes()));
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
+pub use bru_test_support::noise;
 
 /// Writes a two-image layout (tags `v1`, `v2`: a shared base layer, an app layer that
 /// changes a little) and returns the two references.
 pub fn two_images(dir: &Path) -> (String, String) {
     let layout = OciDir::create(dir).unwrap();
-    let base = tar_of(&[("lib/base", &noise("base", 20_000))]);
-    let app1 = noise("app", 30_000);
+    let base = tar_of(&[("lib/base", &noise(1, 20_000))]);
+    let app1 = noise(2, 30_000);
     let mut app2 = app1.clone();
     app2[1000..1010].copy_from_slice(b"0123456789");
     for (tag, app) in [("v1", app1), ("v2", app2)] {
@@ -43,7 +32,7 @@ pub fn two_images(dir: &Path) -> (String, String) {
 /// so deltas for slow and fast device links differ.
 pub fn rebuilt_binary(dir: &Path) -> (String, String) {
     let layout = OciDir::create(dir).unwrap();
-    let app1 = noise("app", 200_000);
+    let app1 = noise(3, 200_000);
     let mut app2 = app1.clone();
     for i in (500..app2.len()).step_by(97) {
         app2[i] = app2[i].wrapping_add(1);
