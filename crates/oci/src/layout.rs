@@ -24,7 +24,8 @@ const LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 ///
 /// All writes are atomic: blobs and `index.json` are written to a temporary file in the same
 /// directory, verified, then renamed into place. This type is synchronous (plain `std::fs`);
-/// it is also the API tests use to build small images, see [`OciDir::write_image`].
+/// it is also the API tests use to build small images (`OciDir::write_image`, with the
+/// `fixtures` feature).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), bru_oci::OciError> {

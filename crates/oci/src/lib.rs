@@ -37,7 +37,7 @@
 //!   [`ImageSink::finish`].
 //! * Known interoperability limit: skopeo 1.9 ignores OCI-layout `index.json` entries whose
 //!   media type is a Docker one, so images meant for skopeo should be written to OCI layouts
-//!   with OCI media types ([`ManifestFormat::Oci`] in the fixture builder).
+//!   with OCI media types (`ManifestFormat::Oci` in the fixture builder of the `fixtures` feature).
 
 #![deny(missing_docs)]
 
@@ -46,6 +46,7 @@ mod copy;
 mod deadline;
 mod digest;
 mod error;
+#[cfg(feature = "fixtures")]
 mod fixture;
 mod layout;
 pub mod limits;
@@ -63,6 +64,7 @@ pub use copy::copy_image;
 pub use deadline::Timeouts;
 pub use digest::{Digest, Hasher};
 pub use error::OciError;
+#[cfg(feature = "fixtures")]
 pub use fixture::{gzip_bytes, tar_of, ImageSpec, ManifestFormat, WrittenImage};
 pub use layout::OciDir;
 pub use reference::{ImageReference, RegistryReference};
