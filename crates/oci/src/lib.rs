@@ -19,13 +19,30 @@
 //! * Raw manifest and config bytes are kept exactly as read ([`PulledImage`]); documents are
 //!   parsed into small own structs ([`Manifest`], [`Index`], [`ImageConfig`]) that carry only
 //!   the fields this project uses and are never re-serialized from a pulled image.
-//! * The registry client is a small one on `reqwest` (the workspace's HTTP stack) rather than
-//!   the `oci-client` crate (0.18): that crate depends on `reqwest` 0.13 while the workspace
-//!   uses 0.12 (two HTTP/TLS stacks in one binary), keeps authentication inside its client with
-//!   credentials passed per call (no `~/.docker/config.json`, no plain-HTTP list per
-//!   `HOST:PORT` in our terms), and would expose its own error type. What we need is a few
-//!   endpoints (manifests, blobs, uploads, mount) plus the Docker token flow, which is compact
-//!   to do here with raw bytes kept and blobs verified while streaming.
+//! * The registry client is our own, on the workspace's `reqwest` 0.12, not the
+//!   `oci-client` crate. Compared point by point with `oci-client` 0.18 (read from its
+//!   source) against what this project needs:
+//!
+//!   | need | `oci-client` 0.18 | here |
+//!   |---|---|---|
+//!   | raw manifest bytes | yes (`pull_manifest_raw`) | yes |
+//!   | blobs streamed and verified | digest verified while streaming (`pull_blob_stream`); size not checked against the descriptor | digest and size, error carried to the reader |
+//!   | pushes, cross-repository mounts | yes (`push_blob`, `push_manifest_raw`, `mount_blob`) | yes |
+//!   | token auth (Docker token flow, Basic) | yes | yes |
+//!   | plain HTTP per registry | yes (`ClientProtocol::HttpsExcept`) | yes (`RegistryOptions::insecure`) |
+//!   | Docker config credentials | no (a separate crate) | yes |
+//!   | connect and read timeouts | yes (`connect_timeout`, `read_timeout`) | yes |
+//!   | slow-transfer limit (a registry trickling a blob) | no | yes ([`Timeouts::min_speed`]) |
+//!   | retries with back-off honouring `Retry-After` | no | yes (`bru_core::retry`) |
+//!   | bounded reads of manifests and error bodies | no: bodies are read whole | yes ([`limits`]) |
+//!   | errors that tell transient from permanent | status and message only | [`OciError::is_transient`] |
+//!   | one HTTP stack in the binary | no: `reqwest` 0.13 beside the workspace's 0.12 | yes |
+//!
+//!   The rows where it falls short are the reliability guarantees the delta server stands
+//!   on (every input bounded, every transient failure retried or reported as such), and
+//!   wrapping its client would not reach its body reads. So the code stays ours: about 900
+//!   lines in `registry/`, one file a job (auth, client, source, sink). Revisit when
+//!   `oci-client` bounds its reads and the workspace moves to `reqwest` 0.13.
 //! * `oci-spec` (0.10) is not used either: it brings `derive_builder`, `getset`, `strum`,
 //!   `const_format` and `regex` for what are here about sixty lines of plain serde structs, and
 //!   we never re-serialize pulled documents, which is where typed structs would pay off.
