@@ -143,13 +143,7 @@ impl RegistryArgs {
 
 /// Parses `USER:PASSWORD` registry credentials (`--creds`).
 pub(crate) fn parse_creds(creds: &str) -> anyhow::Result<Credentials> {
-    let Some((username, password)) = creds.split_once(':') else {
-        bail!("--creds must be USER:PASSWORD");
-    };
-    Ok(Credentials {
-        username: username.to_owned(),
-        password: password.to_owned(),
-    })
+    creds.parse().map_err(|e| anyhow::anyhow!("--creds: {e}"))
 }
 
 fn format_for(output: &ImageReference, flavour: Option<ManifestFlavour>) -> Format {

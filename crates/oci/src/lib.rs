@@ -85,7 +85,7 @@ pub use error::OciError;
 pub use fixture::{gzip_bytes, tar_of, ImageSpec, ManifestFormat, WrittenImage};
 pub use layout::OciDir;
 pub use reference::{ImageReference, RegistryReference};
-pub use registry::{Credentials, RegistryOptions};
+pub use registry::{BadCredentials, Credentials, RegistryOptions};
 pub use stream::{decompress_async, decompress_read, verify_reader, BlobReader, Compression};
 pub use types::{
     media_type, parse_manifest, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,

@@ -37,6 +37,27 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Credentials that are not `USER:PASSWORD`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("registry credentials must be USER:PASSWORD with a non-empty user")]
+pub struct BadCredentials;
+
+impl std::str::FromStr for Credentials {
+    type Err = BadCredentials;
+
+    /// `USER:PASSWORD`; the password may contain `:` (split at the first one) and may be
+    /// empty, the user may not.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((user, password)) if !user.is_empty() => Ok(Credentials {
+                username: user.to_string(),
+                password: password.to_string(),
+            }),
+            _ => Err(BadCredentials),
+        }
+    }
+}
+
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -61,4 +82,24 @@ pub(super) fn pull_scope(repo: &str) -> String {
 
 pub(super) fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_parse_at_the_first_colon_and_need_a_user() {
+        let c: Credentials = "alice:pa:ss".parse().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("alice", "pa:ss")
+        );
+        let c: Credentials = "bob:".parse().unwrap();
+        assert_eq!(c.password, "");
+        assert_eq!("nocolon".parse::<Credentials>(), Err(BadCredentials));
+        assert_eq!(":pw".parse::<Credentials>(), Err(BadCredentials));
+        // The password never shows in Debug.
+        assert!(!format!("{c:?}").contains("pa:ss"));
+    }
 }
