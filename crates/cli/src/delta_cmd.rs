@@ -4,9 +4,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bru_delta::{ApplyOptions, Bandwidth, ByteSize, CreateOptions, Event, Format, Progress, Step};
-use bru_oci::{Credentials, ImageReference, ImageSink, ImageSource, Platform, RegistryOptions};
+use bru_oci::{Credentials, ImageReference, ImageSink, ImageSource, RegistryOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -120,23 +120,10 @@ impl RegistryArgs {
         let mut opts = RegistryOptions::default();
         opts.insecure = self.insecure.clone();
         opts.credentials = self.creds.as_deref().map(parse_creds).transpose()?;
-        let parts: Vec<&str> = self.platform.split('/').collect();
-        opts.platform = match parts.as_slice() {
-            [os, arch] => Platform {
-                os: (*os).into(),
-                architecture: (*arch).into(),
-                variant: None,
-            },
-            [os, arch, variant] => Platform {
-                os: (*os).into(),
-                architecture: (*arch).into(),
-                variant: Some((*variant).into()),
-            },
-            _ => bail!(
-                "invalid --platform {:?}: expected OS/ARCH[/VARIANT]",
-                self.platform
-            ),
-        };
+        opts.platform = self
+            .platform
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--platform: {e}"))?;
         Ok(opts)
     }
 }

@@ -88,8 +88,8 @@ pub use reference::{ImageReference, RegistryReference};
 pub use registry::{BadCredentials, Credentials, RegistryOptions};
 pub use stream::{decompress_async, decompress_read, verify_reader, BlobReader, Compression};
 pub use types::{
-    media_type, parse_manifest, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,
-    PulledImage, REF_NAME_ANNOTATION,
+    media_type, parse_manifest, BadPlatform, Descriptor, ImageConfig, Index, Manifest,
+    ManifestKind, Platform, PulledImage, REF_NAME_ANNOTATION,
 };
 
 /// Reads one image. The caller never needs to know which transport is behind it.

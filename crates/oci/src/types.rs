@@ -133,6 +133,31 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// A platform that is not `OS/ARCH[/VARIANT]` with non-empty parts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT]")]
+pub struct BadPlatform(pub String);
+
+impl std::str::FromStr for Platform {
+    type Err = BadPlatform;
+
+    /// `OS/ARCH` or `OS/ARCH/VARIANT`, e.g. `linux/arm/v7`: the inverse of `Display`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(BadPlatform(s.chars().take(64).collect()));
+        }
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] => Ok(Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: parts.get(2).map(|v| (*v).to_string()),
+            }),
+            _ => Err(BadPlatform(s.chars().take(64).collect())),
+        }
+    }
+}
+
 /// An image manifest (Docker schema 2 or OCI): one config and the layers, bottom first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -389,6 +414,21 @@ impl PulledImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_parse_and_print_alike() {
+        for text in ["linux/amd64", "linux/arm/v7", "windows/arm64"] {
+            let p: Platform = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        assert_eq!(
+            "linux/amd64".parse::<Platform>().unwrap(),
+            Platform::default()
+        );
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d", "", "linux//v7"] {
+            assert!(bad.parse::<Platform>().is_err(), "{bad}");
+        }
+    }
 
     const CFG: &str = r#"{"architecture":"arm","os":"linux","config":{"Labels":{"a":"b"}},"rootfs":{"type":"layers","diff_ids":["sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"]}}"#;
 
