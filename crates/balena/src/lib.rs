@@ -29,5 +29,5 @@ mod wire;
 
 pub use client::{BalenaClient, ClientConfig};
 pub use error::SettingsError;
-pub use settings::Settings;
+pub use settings::{DeltaApi, Settings};
 pub use token::Token;
