@@ -108,3 +108,6 @@ pub fn unique_repo(prefix: &str) -> String {
         .unwrap_or_default();
     format!("bru-test/{prefix}-{}-{nanos}", std::process::id())
 }
+
+#[cfg(feature = "openbalena")]
+pub mod openbalena;
