@@ -33,12 +33,16 @@ const TOKEN_REUSE: Duration = Duration::from_secs(600);
 const TOKEN_MARGIN: i64 = 60;
 
 type ImageCell = Arc<tokio::sync::OnceCell<Option<Image>>>;
+/// (registry, destination repository, source repository).
+type TokenKey = (String, String, String);
+/// A registry token's `Authorization` value and until when it is reused.
+type CachedToken = (tokio::time::Instant, HeaderValue);
 
 /// Images by id and registry tokens by (registry, destination, source repository).
 #[derive(Debug, Default)]
 pub(super) struct Caches {
     images: Mutex<HashMap<u64, ImageCell>>,
-    tokens: Mutex<HashMap<(String, String, String), (tokio::time::Instant, HeaderValue)>>,
+    tokens: Mutex<HashMap<TokenKey, CachedToken>>,
 }
 
 /// An image as its registry and `serve` name it.
