@@ -342,7 +342,10 @@ impl Response {
                     .or_else(|| text_of(v.get("message")))
                     .or_else(|| text_of(v.get("error")))
             });
-        let message = from_json.unwrap_or(if text.is_empty() {
+        let message = from_json.unwrap_or(if text.is_empty() && self.status.as_u16() == 401 {
+            // openBalena (pinejs) refuses a token with an empty body; balenaCloud says this.
+            "Unauthorized".to_owned()
+        } else if text.is_empty() {
             "The request was unsuccessful".to_owned()
         } else {
             text

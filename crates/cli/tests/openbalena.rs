@@ -441,11 +441,13 @@ async fn openbalena_fleet_report_prepare_wait_device_pull_and_refusal() {
     let bob = Client::new(&api.url(), &delta_url, BOB);
     let refused = bob.run(&[&pair[..], &["--prepare"]].concat(), &[]);
     assert_eq!(refused.code, 1, "{}", refused.stdout);
-    assert!(refused.stderr.starts_with("ERROR: "), "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains(&from.repository) && refused.stderr.contains("pull"),
-        "{}",
-        refused.stderr
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "ERROR: Request error: no pull access to repository {} on {}: the API's registry \
+             token does not grant it to this user, so the delta server would refuse\n",
+            from.repository, registry.addr
+        )
     );
     assert_eq!(refused.stdout, "");
     let (status, body) = http_get(
@@ -513,6 +515,66 @@ async fn openbalena_fleet_report_prepare_wait_device_pull_and_refusal() {
         "balenaCloud's requests: {targets:#?}"
     );
 
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}
+
+/// Issue 11: refusals are clear errors, and none reaches a build. No registry is needed:
+/// every refusal happens before an image is read.
+#[test]
+fn openbalena_refusals_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = "registry2.openbalena.test";
+    let image = |tag: &str, byte: char| Pushed {
+        repository: format!("v2/{tag}"),
+        location: format!("{registry}/v2/{tag}"),
+        digest: format!("sha256:{}", byte.to_string().repeat(64)),
+        image_id: String::new(),
+        size: 1000,
+    };
+    let (from, to) = (image("aaaa", 'a'), image("bbbb", 'b'));
+    // The API's tokens name another registry than the images' (a misconfigured
+    // REGISTRY_TOKEN_AUDIENCE): serve refuses them.
+    let mut state = api_state(Flavour::OpenBalena, "elsewhere.test", &from, &to);
+    state.images.push(Image {
+        id: 103,
+        location: "not-a-registry-location".to_owned(),
+        content_hash: None,
+        size: 5,
+    });
+    state.releases.push(Release {
+        id: 3,
+        commit: "c0c0c0c0c0c0c0c0c0c0".to_owned(),
+        app: APP,
+        status: "success".to_owned(),
+        services: vec![("main".to_owned(), 103)],
+    });
+    let api = FakeOpenBalena::start(state);
+    let (mut serve, serve_addr) = spawn_serve(&api.key.public_pem, registry, tmp.path());
+    let delta_url = format!("http://{serve_addr}");
+    let error_of = |token: Option<&str>, args: &[&str]| {
+        let client = Client::new(&api.url(), &delta_url, token.unwrap_or(""));
+        let run = client.run(args, &[]);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.stdout);
+        assert_eq!(run.stdout, "");
+        assert!(run.stderr.starts_with("ERROR: "), "{}", run.stderr);
+        run.stderr
+    };
+    let pair = ["--from-release", "1", "--to-release", "2"];
+
+    let e = error_of(Some(ALICE), &pair);
+    assert!(
+        e.contains("delta server") && e.contains(&format!("not for registry {registry}")),
+        "{e}"
+    );
+    let e = error_of(Some("an-api-key-openbalena-does-not-know"), &pair);
+    assert_eq!(e.trim_end(), "ERROR: Request error: Unauthorized");
+    let e = error_of(None, &pair);
+    assert_eq!(e.trim_end(), "ERROR: You have to log in");
+    let e = error_of(Some(ALICE), &["--from-release", "1", "--to-release", "3"]);
+    assert!(e.contains("image 103 is not stored on a registry"), "{e}");
+    assert_eq!(builds_started(&serve_addr), 0);
+    api.assert_no_violations();
     serve.kill().unwrap();
     serve.wait().unwrap();
 }
