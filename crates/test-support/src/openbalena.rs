@@ -87,11 +87,19 @@ impl TestKey {
         }
     }
 
-    /// An ES256 JWT of `claims` with header `kid`.
+    /// An ES256 JWT of `claims` with header `kid: "test"`.
     ///
     /// # Panics
     /// If signing fails.
-    pub fn sign(&self, claims: &Value, kid: &str) -> String {
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with_kid(claims, "test")
+    }
+
+    /// An ES256 JWT of `claims` with this header `kid`.
+    ///
+    /// # Panics
+    /// If signing fails.
+    pub fn sign_with_kid(&self, claims: &Value, kid: &str) -> String {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.to_owned());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&self.pkcs8))
@@ -735,7 +743,7 @@ fn registry_token(
         "iss": state.issuer,
         "sub": caller.map_or(String::new(), |u| u.username),
     });
-    let token = key.sign(&claims, "TEST:KEYI:DXXX:TEST");
+    let token = key.sign_with_kid(&claims, "TEST:KEYI:DXXX:TEST");
     json_response(200, &json!({ "token": token }))
 }
 
