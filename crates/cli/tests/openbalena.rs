@@ -140,6 +140,7 @@ fn api_state(flavour: Flavour, registry: &str, from: &Pushed, to: &Pushed) -> St
 
 /// Starts `serve` with the API's public key and returns it with its address.
 fn spawn_serve(key_pem: &str, registry: &str, dir: &Path) -> (Child, String) {
+    std::fs::create_dir_all(dir).unwrap();
     let key = dir.join("registry-token.pub.pem");
     std::fs::write(&key, key_pem).unwrap();
     let mut child = Command::new(BIN)
@@ -575,6 +576,22 @@ fn openbalena_refusals_are_clear_errors() {
     assert!(e.contains("image 103 is not stored on a registry"), "{e}");
     assert_eq!(builds_started(&serve_addr), 0);
     api.assert_no_violations();
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+
+    // With the right audience serve reads the images, and an unreachable registry is its
+    // error, passed on.
+    let api = FakeOpenBalena::start(api_state(Flavour::OpenBalena, registry, &from, &to));
+    let (mut serve2, serve2_addr) =
+        spawn_serve(&api.key.public_pem, registry, &tmp.path().join("2"));
+    let client = Client::new(&api.url(), &format!("http://{serve2_addr}"), ALICE);
+    let run = client.run(&pair, &[]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(
+        run.stderr,
+        "ERROR: Request error: delta server: the registry is unavailable\n"
+    );
+    assert_eq!(builds_started(&serve2_addr), 0);
+    for child in [&mut serve, &mut serve2] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }
