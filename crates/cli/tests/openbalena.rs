@@ -353,11 +353,11 @@ async fn openbalena_fleet_report_prepare_wait_device_pull_and_refusal() {
     let cloud_alice = Client::new(&cloud.url(), &cloud.url(), ALICE);
     assert_eq!(report(&cloud_alice.run(&pair, &[])), pending);
 
-    // 2. --prepare asks serve for the delta with the registry token: a build starts.
+    // 2. --prepare asks serve for the delta with the registry token: serve has claimed a
+    // build (its row is running or done; the metrics count it once its task runs).
     let prepared = report(&alice.run(&[&pair[..], &["--prepare"]].concat(), &[]));
     let status = prepared["is_produced_by__service_update"][0]["status"].clone();
     assert!(status == "preparing" || status == "ready", "{prepared:#}");
-    assert_eq!(builds_started(&serve_addr), 1);
 
     // 3. --wait until ready: the delta serve built, and the payload is its size.
     let ready = report(
