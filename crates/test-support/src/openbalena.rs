@@ -29,10 +29,9 @@
 //! read everything; the membership model here is what lets a test refuse a scope.) Other
 //! two-part names are legacy public-read: pull for everyone.
 //!
-//! [`Flavour::BalenaCloud`] serves the same fleet balenaCloud-shaped instead: releases have
-//! `is_created_by__user`, there is a `delta` resource (rows from [`State::deltas`]), and
-//! `/api/v3/delta?src=ID&dest=ID` answers from the same rows (200 when one succeeded,
-//! 504 otherwise).
+//! [`Flavour::BalenaCloud`] serves the same fleet balenaCloud-shaped instead (for parity
+//! tests): releases have `is_created_by__user`, there is a `delta` resource (rows from
+//! [`State::deltas`]), and image sizes are JSON numbers. It has no delta endpoint.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,7 +118,7 @@ pub fn now() -> i64 {
 pub enum Flavour {
     /// open-balena-api: no `delta`, no `is_created_by__user`.
     OpenBalena,
-    /// balenaCloud's shape: a `delta` resource and a delta endpoint taking image ids.
+    /// balenaCloud's shape: a `delta` resource, the creating user on releases.
     BalenaCloud,
 }
 
@@ -382,9 +381,6 @@ fn answer(
     }
     if let Some(resource) = path.strip_prefix("/v7/") {
         return pine(state, resource, query, authorization);
-    }
-    if path == "/api/v3/delta" && state.flavour == Flavour::BalenaCloud {
-        return cloud_delta_request(state, query, authorization);
     }
     empty(404)
 }
@@ -745,39 +741,6 @@ fn registry_token(
     });
     let token = key.sign_with_kid(&claims, "TEST:KEYI:DXXX:TEST");
     json_response(200, &json!({ "token": token }))
-}
-
-/// balenaCloud's delta endpoint over the fake's rows: 200 when a row succeeded, else 504.
-fn cloud_delta_request(
-    state: &mut State,
-    query: &str,
-    authorization: Option<&str>,
-) -> Response<Body> {
-    if !matches!(bearer_caller(state, authorization), Caller::User(_)) {
-        return empty(401);
-    }
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let get = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-    };
-    let (Some(src), Some(dest)) = (get("src"), get("dest")) else {
-        state.violations.push(format!("delta request: {query}"));
-        return empty(400);
-    };
-    let ready = state
-        .deltas
-        .iter()
-        .any(|d| d.src == src && d.dest == dest && d.status == "success");
-    if ready {
-        json_response(200, &json!({"success": true}))
-    } else {
-        empty(504)
-    }
 }
 
 #[cfg(test)]
