@@ -49,7 +49,7 @@ pub(crate) struct WireImage {
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireDelta {
     id: u64,
-    status: String,
+    status: bru_core::DeltaStatus,
     version: u32,
     #[serde(default)]
     is_stored_at__location: Option<String>,

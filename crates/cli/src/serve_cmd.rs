@@ -47,7 +47,7 @@ Limits:
 /// repository on the destination's registry. A request waits for its delta up to the
 /// long-poll budget, then answers 504 (devices ask again). Logs (one request id per
 /// request) go to stderr. SIGINT or SIGTERM stop accepting, let open requests finish and
-/// exit; unfinished builds are taken over by the next start after the stale limit.
+/// exit; unfinished builds are given up so that the next start builds them at once.
 #[derive(Debug, Args)]
 #[command(after_help = STATUS_CODES)]
 pub struct ServeArgs {
@@ -104,6 +104,18 @@ pub struct ServeArgs {
     /// A kept-alive connection silent for this long between requests is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout_seconds: u64,
+    /// The longest one delta build may take, retries of transient failures included; past
+    /// it the build is given up (not recorded as failed) and tried again later.
+    #[arg(long, value_name = "SECONDS", default_value_t = 7200)]
+    build_timeout_seconds: u64,
+    /// A build that shows no progress for this long stops its heartbeat (so another server
+    /// takes it over) and is given up here.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    stall_timeout_seconds: u64,
+    /// A registry that sends nothing for this long (headers or body) fails the request
+    /// (retried, then the build is retried later).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    registry_read_timeout_seconds: u64,
 }
 
 /// Runs the server on its own multi-threaded runtime until SIGINT or SIGTERM.
@@ -145,6 +157,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--max-connections, --header-timeout-seconds and --idle-timeout-seconds must be at least 1");
     }
+    if args.build_timeout_seconds == 0
+        || args.stall_timeout_seconds == 0
+        || args.registry_read_timeout_seconds == 0
+    {
+        bail!("--build-timeout-seconds, --stall-timeout-seconds and --registry-read-timeout-seconds must be at least 1");
+    }
+    config.build_timeout = Duration::from_secs(args.build_timeout_seconds);
+    config.stall_timeout = Duration::from_secs(args.stall_timeout_seconds);
+    config.registry.timeouts.read = Duration::from_secs(args.registry_read_timeout_seconds);
     config.limits.max_connections = args.max_connections;
     config.limits.header_read_timeout = Duration::from_secs(args.header_timeout_seconds);
     config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_seconds);

@@ -136,7 +136,7 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
                 None => get_update_info(&job.from, &job.to, &backend).await,
                 Some(options) => prepare_update(&job.from, &job.to, &backend, options).await,
             };
-            match (&job.prepare, result) {
+            let result = match (&job.prepare, result) {
                 // --prepare without --wait: finish the builds started here, then report.
                 (Some(options), Ok(info)) if !options.wait => {
                     backend.wait_for_builds().await;
@@ -144,7 +144,13 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
                     get_update_info(&ReleaseRef::Id(from), &ReleaseRef::Id(to), &backend).await
                 }
                 (_, result) => result,
+            };
+            // Builds still running end with this process: give their rows up, so that the
+            // next run builds them at once instead of reporting them as preparing.
+            if let Err(e) = backend.abandon_builds().await {
+                tracing::warn!(error = %e, "cannot give up unfinished builds");
             }
+            result
         }
         None => {
             let settings = Settings::from_process_env()?;

@@ -69,6 +69,28 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A backend (the embedded store, its database, a build) is unavailable for now: busy,
+    /// restarting, out of disk, or its registry is. Retrying later may succeed.
+    #[error("{service} is temporarily unavailable")]
+    Unavailable {
+        /// What is unavailable (`embedded store DIR`, …).
+        service: String,
+        /// Delay after which a retry makes sense, if known.
+        retry_after: Option<Duration>,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A backend failed in a way that retrying will not fix (corrupt database, schema too
+    /// new, an image that cannot be used).
+    #[error("{service} failed")]
+    Backend {
+        /// The backend that failed.
+        service: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The response did not have the expected shape.
     #[error("{reason}")]
     InvalidResponse {
@@ -89,10 +111,12 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying the same request later may succeed: network errors, timeouts,
-    /// HTTP 429 and 5xx.
+    /// HTTP 429 and 5xx, an unavailable backend.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Network { .. } | Error::NetworkTimeout { .. } => true,
+            Error::Network { .. } | Error::NetworkTimeout { .. } | Error::Unavailable { .. } => {
+                true
+            }
             Error::Request { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -101,7 +125,9 @@ impl Error {
     /// The delay the server asked for with `Retry-After`, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Request { retry_after, .. } => *retry_after,
+            Error::Request { retry_after, .. } | Error::Unavailable { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

@@ -25,13 +25,17 @@
 mod backend;
 mod error;
 mod model;
+pub mod process;
 mod redact;
 mod report;
+pub mod retry;
 mod update;
 
 pub use backend::{DeltaService, ReleaseSource};
 pub use error::Error;
-pub use model::{Delta, DeltaTrigger, Image, Release, ReleaseRef, ServiceImage};
+pub use model::{
+    Delta, DeltaStatus, DeltaTrigger, Image, Release, ReleaseRef, ServiceImage, UnknownDeltaStatus,
+};
 pub use redact::{redact_text, redact_url};
 pub use report::{
     DeltaInfo, ImageInfo, ProducedImage, ReleaseInfo, RemovedService, ServiceUpdate, UpdateInfo,

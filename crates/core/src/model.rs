@@ -60,14 +60,61 @@ pub struct Image {
 pub struct Delta {
     /// Delta id.
     pub id: u64,
-    /// Status as stored by the backend (`success`, `running`, …).
-    pub status: String,
+    /// Build status.
+    pub status: DeltaStatus,
     /// Delta format version.
     pub version: u32,
     /// Registry location of the delta image, when built.
     pub location: Option<String>,
     /// Size of the delta in bytes.
     pub size: u64,
+}
+
+/// Status of a delta row, as balena's `delta` resource and the embedded store record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaStatus {
+    /// A builder owns the row and bumps its heartbeat while it works.
+    Running,
+    /// The delta image exists.
+    Success,
+    /// The build failed for a reason that retrying soon will not fix.
+    Failed,
+}
+
+impl DeltaStatus {
+    /// The wire and database spelling: `running`, `success` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeltaStatus::Running => "running",
+            DeltaStatus::Success => "success",
+            DeltaStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DeltaStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A delta status that is not one of [`DeltaStatus`]'s spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown delta status {0:?}")]
+pub struct UnknownDeltaStatus(pub String);
+
+impl std::str::FromStr for DeltaStatus {
+    type Err = UnknownDeltaStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "running" => Ok(DeltaStatus::Running),
+            "success" => Ok(DeltaStatus::Success),
+            "failed" => Ok(DeltaStatus::Failed),
+            other => Err(UnknownDeltaStatus(other.chars().take(64).collect())),
+        }
+    }
 }
 
 /// The answer of a [`crate::DeltaService`] to a delta request.

@@ -7,10 +7,12 @@ use std::time::Duration;
 use futures::future::{join_all, try_join_all};
 use tokio::time::Instant;
 
+use crate::retry::RetryPolicy;
+
 use crate::{
-    DeltaInfo, DeltaService, Error, Image, ImageInfo, ProducedImage, Release, ReleaseInfo,
-    ReleaseRef, ReleaseSource, RemovedService, ServiceImage, ServiceUpdate, UpdateInfo,
-    UpdateStatus,
+    DeltaInfo, DeltaService, DeltaStatus, Error, Image, ImageInfo, ProducedImage, Release,
+    ReleaseInfo, ReleaseRef, ReleaseSource, RemovedService, ServiceImage, ServiceUpdate,
+    UpdateInfo, UpdateStatus,
 };
 
 /// The longest pause between two polls after repeated transient errors.
@@ -187,8 +189,7 @@ pub async fn prepare_update<B: ReleaseSource + DeltaService + ?Sized>(
             }
             Err(e) if e.is_transient() => {
                 failures = failures.saturating_add(1);
-                delay = backoff(options.poll_interval, failures)
-                    .max(e.retry_after().unwrap_or_default());
+                delay = backoff(options.poll_interval, failures, e.retry_after());
                 tracing::warn!(error = %e, "poll failed; retrying in {:?}", delay);
             }
             Err(e) => return Err(e),
@@ -203,12 +204,18 @@ fn timeout(start: Instant, last: UpdateInfo) -> Error {
     }
 }
 
-/// `interval * 2^failures`, capped at [`MAX_BACKOFF`] (or `interval` if that is longer).
-fn backoff(interval: Duration, failures: u32) -> Duration {
-    let factor = 1u32 << failures.min(16);
-    interval
-        .saturating_mul(factor)
-        .min(MAX_BACKOFF.max(interval))
+/// The delay before poll number `failures + 1` after `failures` failed polls in a row:
+/// [`RetryPolicy`] from twice `interval`, capped at [`MAX_BACKOFF`] (or `interval` if that is
+/// longer), never shorter than the server's `Retry-After`.
+fn backoff(interval: Duration, failures: u32, retry_after: Option<Duration>) -> Duration {
+    let policy = RetryPolicy {
+        base: interval.saturating_mul(2),
+        max_delay: MAX_BACKOFF.max(interval),
+        retries: u32::MAX,
+    };
+    policy
+        .delay(failures.max(1), retry_after)
+        .unwrap_or(policy.max_delay)
 }
 
 /// Requests the deltas of all pending services that have a source image.
@@ -310,16 +317,16 @@ async fn service_update<B: ReleaseSource + ?Sized>(
                 backend.latest_delta(source_id, target_id),
             )?;
             let same_content = from.content_hash.is_some() && from.content_hash == to.content_hash;
-            let delta_status = delta.as_ref().map(|d| d.status.as_str());
-            let status = if same_content || delta_status == Some("success") {
+            let delta_status = delta.as_ref().map(|d| d.status);
+            let status = if same_content || delta_status == Some(DeltaStatus::Success) {
                 UpdateStatus::Ready
-            } else if delta_status == Some("running") {
+            } else if delta_status == Some(DeltaStatus::Running) {
                 UpdateStatus::Preparing
             } else {
                 UpdateStatus::Pending
             };
             // Only a successful delta is reported.
-            let delta = delta.filter(|d| d.status == "success");
+            let delta = delta.filter(|d| d.status == DeltaStatus::Success);
             let payload = match (&delta, same_content) {
                 (_, true) => 0,
                 (Some(d), false) => d.size,

@@ -134,6 +134,20 @@ pub enum DeltaError {
 }
 
 impl DeltaError {
+    /// Whether building (or applying) again later may succeed: an image could not be read
+    /// or written for a transient reason ([`OciError::is_transient`]), the work directory's
+    /// disk is full, or a worker was cancelled. Bad images and bad deltas are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DeltaError::Image { source, .. }
+            | DeltaError::Layer { source, .. }
+            | DeltaError::Sink(source) => source.is_transient(),
+            DeltaError::Io { source, .. } => bru_core::retry::io_is_transient(source),
+            DeltaError::Task(_) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> DeltaError {
         let path = path.into();
         move |source| DeltaError::Io { path, source }

@@ -49,15 +49,64 @@ pub use inspect::inspect;
 pub use manifest::Format;
 pub use progress::{Event, NoProgress, Progress, Step};
 
-/// A private temporary directory for one operation.
+/// Prefix of the temporary directories of this crate: `bru-delta-<pid>-<start>-<random>`.
+const WORKDIR_PREFIX: &str = "bru-delta-";
+
+/// A private temporary directory for one operation, named after this process so that
+/// [`clean_dead_workdirs`] can tell whose it is.
 fn workdir(parent: Option<&Path>) -> Result<tempfile::TempDir, DeltaError> {
     let parent: PathBuf = parent
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
     tempfile::Builder::new()
-        .prefix("bru-delta-")
+        .prefix(&format!(
+            "{WORKDIR_PREFIX}{}-",
+            bru_core::process::ProcessStamp::current()
+        ))
         .tempdir_in(&parent)
         .map_err(DeltaError::io(parent))
+}
+
+/// Removes the temporary directories left in `parent` (default: the system temporary
+/// directory) by processes of this program that no longer run (killed, crashed), and
+/// returns how many. Directories of live processes and anything else are left alone.
+pub fn clean_dead_workdirs(parent: Option<&Path>) -> Result<usize, DeltaError> {
+    let parent: PathBuf = parent
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let entries = match std::fs::read_dir(&parent) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(DeltaError::io(parent)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORKDIR_PREFIX)) else {
+            continue;
+        };
+        // `<pid>-<start>-<random>`
+        let mut parts = rest.splitn(3, '-');
+        let stamp = match (parts.next(), parts.next(), parts.next()) {
+            (Some(pid), Some(start), Some(_)) => format!("{pid}-{start}"),
+            _ => continue,
+        };
+        let Ok(owner) = stamp.parse::<bru_core::process::ProcessStamp>() else {
+            continue;
+        };
+        if owner.is_dead() && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed the work directory of a dead build");
+                    removed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a dead build's work directory")
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Writes blobs, then the config, then the manifest, then finishes the sink.
@@ -86,4 +135,34 @@ async fn publish(
         .map_err(DeltaError::Sink)?;
     sink.finish().await.map_err(DeltaError::Sink)?;
     Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_work_directories_of_dead_processes_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mine = workdir(Some(tmp.path())).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let dead = tmp.path().join(format!("{WORKDIR_PREFIX}{dead_pid}-1-abc"));
+        std::fs::create_dir_all(dead.join("inner")).unwrap();
+        std::fs::write(dead.join("inner/layer"), b"x").unwrap();
+        let other = tmp.path().join("bru-delta-not-ours");
+        std::fs::create_dir(&other).unwrap();
+        let unrelated = tmp.path().join(format!("something-{dead_pid}-1-abc"));
+        std::fs::create_dir(&unrelated).unwrap();
+
+        assert_eq!(clean_dead_workdirs(Some(tmp.path())).unwrap(), 1);
+        assert!(!dead.exists());
+        assert!(mine.path().exists());
+        assert!(other.exists() && unrelated.exists());
+        assert_eq!(
+            clean_dead_workdirs(Some(&tmp.path().join("missing"))).unwrap(),
+            0
+        );
+    }
 }

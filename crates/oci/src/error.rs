@@ -111,6 +111,19 @@ pub enum OciError {
 }
 
 impl OciError {
+    /// Whether trying again later may succeed: the registry could not be reached, broke the
+    /// connection, was too slow, answered 408, 429 or 5xx, or the local disk is full. A bad,
+    /// missing or refused image is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OciError::Http { .. } => true,
+            OciError::Registry { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            OciError::Io { source, .. } => bru_core::retry::io_is_transient(source),
+            OciError::Stream(e) => stream_is_transient(e),
+            _ => false,
+        }
+    }
+
     /// The OCI error code of a registry error (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, ...), if any.
     pub fn registry_code(&self) -> Option<&str> {
         match self {
@@ -161,4 +174,13 @@ impl OciError {
             OciError::Stream(err)
         }
     }
+}
+
+/// A stream error is transient when the transfer broke (network, timeout, full disk); a
+/// decompression error (`InvalidData`) or a wrapped permanent [`OciError`] is not.
+fn stream_is_transient(e: &std::io::Error) -> bool {
+    if let Some(inner) = OciError::from_io(e) {
+        return inner.is_transient();
+    }
+    bru_core::retry::io_is_transient(e)
 }

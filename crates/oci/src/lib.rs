@@ -35,6 +35,7 @@
 
 mod archive;
 mod copy;
+mod deadline;
 mod digest;
 mod error;
 mod fixture;
@@ -50,6 +51,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 pub use copy::copy_image;
+pub use deadline::Timeouts;
 pub use digest::{Digest, Hasher};
 pub use error::OciError;
 pub use fixture::{gzip_bytes, tar_of, ImageSpec, ManifestFormat, WrittenImage};

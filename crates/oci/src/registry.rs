@@ -11,12 +11,15 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use futures::TryStreamExt;
 use reqwest::header::{
-    HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+    HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
+use bru_core::retry::{parse_retry_after, RetryPolicy};
+
+use crate::deadline::{shared_client, MinSpeed, Timeouts};
 use crate::types::{media_type, MAX_DOCUMENT_SIZE};
 use crate::{
     parse_manifest, verify_reader, BlobReader, Descriptor, Digest, ImageReference, ImageSink,
@@ -55,15 +58,14 @@ pub struct RegistryOptions {
     pub platform: Platform,
     /// Use this Docker client config file instead of the default location.
     pub docker_config: Option<PathBuf>,
+    /// Connect, read and slow-transfer limits of every request.
+    pub timeouts: Timeouts,
 }
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// Retries of idempotent requests answered with 429 or 5xx.
-const RETRIES: u32 = 2;
 
 /// Looks up credentials for `registry` in a Docker client config file.
 fn docker_config_credentials(registry: &str, file: Option<&Path>) -> Option<Credentials> {
@@ -176,6 +178,7 @@ struct AuthState {
 /// A connection to one registry host.
 struct Client {
     http: reqwest::Client,
+    min_speed: (u64, Duration),
     registry: String,
     base: String,
     credentials: Option<Credentials>,
@@ -228,10 +231,21 @@ async fn status_error(resp: Response) -> OciError {
     }
 }
 
+/// A body read error as an I/O error whose kind says whether it timed out (transient
+/// either way, see [`OciError::is_transient`]).
+fn stream_error(e: reqwest::Error) -> std::io::Error {
+    let kind = if e.is_timeout() {
+        std::io::ErrorKind::TimedOut
+    } else {
+        std::io::ErrorKind::ConnectionAborted
+    };
+    std::io::Error::new(kind, e)
+}
+
 /// Reads a response body of at most `limit` bytes.
 async fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>, OciError> {
     let url = resp.url().to_string();
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let stream = resp.bytes_stream().map_err(stream_error);
     let mut out = Vec::new();
     tokio_util::io::StreamReader::new(stream)
         .take(limit + 1)
@@ -297,23 +311,17 @@ impl Client {
     fn new(registry: &str, opts: &RegistryOptions) -> Result<Self, OciError> {
         let insecure = opts.insecure.iter().any(|h| h == registry);
         let scheme = if insecure { "http" } else { "https" };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .user_agent(concat!("balena-release-update/", env!("CARGO_PKG_VERSION")))
-            .https_only(!insecure)
-            // Blobs are content-addressed: never let a Content-Encoding header change the bytes.
-            .no_gzip()
-            .build()
-            .map_err(|e| OciError::Http {
-                url: registry.to_string(),
-                reason: e.to_string(),
-            })?;
+        let http = shared_client(insecure, &opts.timeouts).map_err(|e| OciError::Http {
+            url: registry.to_string(),
+            reason: e.to_string(),
+        })?;
         let credentials = opts
             .credentials
             .clone()
             .or_else(|| docker_config_credentials(registry, opts.docker_config.as_deref()));
         Ok(Client {
             http,
+            min_speed: opts.timeouts.min_speed,
             registry: registry.to_string(),
             base: format!("{scheme}://{registry}"),
             credentials,
@@ -398,10 +406,19 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport_error(url.as_str(), e))?;
-        if !resp.status().is_success() {
+        let status = resp.status();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            // The token service is down or busy: transient, unlike a refusal.
+            let mut err = status_error(resp).await;
+            if let OciError::Registry { url, .. } = &mut err {
+                *url = bru_core::redact_url(url).to_string();
+            }
+            return Err(err);
+        }
+        if !status.is_success() {
             return Err(auth_err(format!(
                 "token service answered {}",
-                resp.status().as_u16()
+                status.as_u16()
             )));
         }
         #[derive(Deserialize)]
@@ -419,7 +436,8 @@ impl Client {
     }
 
     /// Sends a request built by `build`, authenticating on a 401 challenge and retrying
-    /// idempotent requests on 429/5xx. The response is returned whatever its status.
+    /// idempotent requests on 429/5xx and on transport failures, as [`RetryPolicy::REQUEST`]
+    /// says (honouring `Retry-After`). The response is returned whatever its status.
     async fn send(
         &self,
         method: Method,
@@ -432,13 +450,25 @@ impl Client {
         let key = scopes.join(" ");
         let idempotent = method == Method::GET || method == Method::HEAD;
         let mut authenticated = false;
-        let mut attempt = 0;
+        let policy = RetryPolicy::REQUEST;
+        let mut retry = 0;
         loop {
             let req = self.authorize(self.http.request(method.clone(), url), &key);
-            let resp = build(req)?
-                .send()
-                .await
-                .map_err(|e| transport_error(url, e))?;
+            let resp = match build(req)?.send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let err = transport_error(url, e);
+                    retry += 1;
+                    match policy.delay(retry, None).filter(|_| idempotent) {
+                        Some(delay) if err.is_transient() => {
+                            tracing::debug!(url = %bru_core::redact_url(url), error = %err, retry, ?delay, "retrying");
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        _ => return Err(err),
+                    }
+                }
+            };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !authenticated {
                 authenticated = true;
@@ -446,13 +476,19 @@ impl Client {
                     continue;
                 }
             } else if idempotent
-                && attempt < RETRIES
                 && (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
             {
-                attempt += 1;
-                tracing::debug!(url = %bru_core::redact_url(url), status = status.as_u16(), attempt, "retrying");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                continue;
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                retry += 1;
+                if let Some(delay) = policy.delay(retry, retry_after) {
+                    tracing::debug!(url = %bru_core::redact_url(url), status = status.as_u16(), retry, ?delay, "retrying");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
             }
             return Ok(resp);
         }
@@ -571,7 +607,10 @@ impl ImageSource for RegistrySource {
         if !resp.status().is_success() {
             return Err(status_error(resp).await);
         }
-        let stream = resp.bytes_stream().map_err(std::io::Error::other);
+        let stream = MinSpeed::new(
+            resp.bytes_stream().map_err(stream_error),
+            self.client.min_speed,
+        );
         Ok(verify_reader(
             tokio_util::io::StreamReader::new(stream),
             desc.digest.clone(),

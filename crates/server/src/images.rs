@@ -58,7 +58,7 @@ pub(crate) async fn registry_image(
         Err(ServiceError::ReleaseExists { .. }) => find(store, &fleet, &commit)
             .await?
             .ok_or_else(|| ApiError::internal(&"a recorded image vanished")),
-        Err(e) => Err(ApiError::internal(&e)),
+        Err(e) => Err(ApiError::service(&e)),
     }
 }
 
@@ -70,7 +70,7 @@ async fn find(
     let releases = store
         .releases_by_commit(commit)
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| ApiError::service(&e))?;
     Ok(releases
         .into_iter()
         .find(|rel| rel.fleet == fleet && rel.commit == commit)
@@ -109,19 +109,21 @@ fn service_of(r: &RegistryReference) -> String {
     }
 }
 
-/// Unreachable registries are temporary (503); a missing image is 404; anything else about
-/// the image (unsupported, malformed, refused credentials) is a permanent 422. The answer
-/// names no URL: the registry's error goes to the log.
+/// Transient trouble reading the image (the registry unreachable, too slow, answering
+/// 5xx or 429, see [`OciError::is_transient`]) is `503` with `Retry-After`; a missing image
+/// is 404; anything else about the image (unsupported, malformed, refused credentials) is a
+/// permanent 422. The answer names no URL: the registry's error goes to the log.
 fn read_error(e: ServiceError) -> ApiError {
     let ServiceError::Image { source, .. } = &e else {
-        return ApiError::internal(&e);
+        return ApiError::service(&e);
     };
     let detail = format!("{e}: {source}");
+    if source.is_transient() {
+        return ApiError::new(503, "the registry is unavailable")
+            .retry_after(crate::TRANSIENT_RETRY_AFTER)
+            .detail(detail);
+    }
     match source {
-        OciError::Http { .. } => ApiError::new(503, "the registry is unavailable").detail(detail),
-        OciError::Registry { status, .. } if *status >= 500 || *status == 429 => {
-            ApiError::new(503, "the registry is unavailable").detail(detail)
-        }
         OciError::NotFound { .. } | OciError::Registry { status: 404, .. } => {
             ApiError::new(404, "the registry does not have the image").detail(detail)
         }

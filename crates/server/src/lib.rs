@@ -46,10 +46,23 @@
 //! | 401 | token missing, malformed, badly signed, expired, not yet valid, or its `aud` does not name the registry of a reference (either side) | retries later |
 //! | 403 | a registry not on the allow list; the token's `access` lacks `pull` on either repository; with a token, any image id it does not grant (unknown ids included) | falls back |
 //! | 404 | without auth, an image id unknown to the store; an image the registry does not have | falls back |
-//! | 422 | the build failed (the error is remembered and the pair is not retried until the cool-down ends), or the image cannot be used | falls back |
-//! | 503 | the registry is unreachable, answers 5xx, or does not answer within the budget while the images are resolved | retries later |
+//! | 422 | the build failed permanently (bad image, unusable format, refused access: the error is remembered and the pair is not retried until the cool-down ends), the image cannot be used, or it is not on a registry | falls back |
+//! | 503 + `Retry-After` | transient trouble: the registry is unreachable, too slow, answers 5xx or 429, or does not answer within the budget while the images are resolved; the last build of the pair was interrupted by such trouble or a full disk (nothing is remembered as failed; the pair is built again after a back-off of 30 s doubling to 10 min, with jitter); the store is busy or out of disk | retries later |
 //! | 504 | the delta is still being built (the build continues) | retries soon, no back-off |
-//! | 500 | the store failed | retries later |
+//! | 500 | the store failed permanently (corrupt database, schema too new) | retries later |
+//!
+//! # Deadlines of builds
+//!
+//! Every registry request has a connect timeout (30 s), a read timeout (60 s of silence,
+//! headers or body) and a slow-transfer limit (16 KiB in every 30 s), see
+//! [`bru_oci::Timeouts`]; idempotent requests are retried on 429, 5xx and transport errors
+//! ([`bru_core::retry::RetryPolicy::REQUEST`], honouring `Retry-After`). A build retries its
+//! transient failures ([`bru_core::retry::RetryPolicy::BUILD`]) within an overall deadline
+//! (`--build-timeout-seconds`, 2 h). Its heartbeat runs only while the build reports
+//! progress: after 10 minutes without any, the build is given up here and its row stops
+//! being refreshed, so another instance takes it over when it goes stale. A build whose
+//! process died on this machine is taken over by the next request at once; work
+//! directories of dead builds are removed when the store is opened.
 //!
 //! # Limits
 //!
@@ -117,7 +130,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bru_oci::{ImageReference, RegistryOptions, RegistryReference};
-use bru_service::{Bandwidth, BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord};
+use bru_service::{
+    Bandwidth, BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord, ServiceError,
+};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -129,6 +144,9 @@ pub use query::{parse_query, Requested};
 
 use metrics::{BuildHook, Metrics};
 use tags::TagCache;
+
+/// `Retry-After` of a `503` for a transient store failure (database busy, disk full).
+const TRANSIENT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The longest a delta request is held open: below the 25 s every supervisor tolerates.
 pub const MAX_POLL: Duration = Duration::from_secs(24);
@@ -184,6 +202,10 @@ pub struct ServerConfig {
     /// How long a tag's resolution to an image is reused before the registry is asked
     /// again (see the `tags` module; zero asks every time). Default 30 s.
     pub tag_ttl: Duration,
+    /// The longest one build may take, retries included (default 2 h).
+    pub build_timeout: Duration,
+    /// A build without progress for this long is given up (default 10 min).
+    pub stall_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -200,6 +222,8 @@ impl ServerConfig {
             device_bandwidth: Some(Bandwidth::default()),
             limits: Limits::default(),
             tag_ttl: Duration::from_secs(30),
+            build_timeout: Duration::from_secs(2 * 60 * 60),
+            stall_timeout: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -226,6 +250,8 @@ impl Server {
         builder.registry = config.registry.clone();
         builder.device_bandwidth = config.device_bandwidth;
         builder.progress = Some(Arc::new(BuildHook(Arc::clone(&metrics))));
+        builder.build_timeout = config.build_timeout;
+        builder.stall_timeout = config.stall_timeout;
         // Heartbeat well within the stale limit, so live builds are never taken over.
         builder.heartbeat_interval = (config.policy.stale_after / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -280,8 +306,8 @@ impl Server {
 
     /// Serves on `listener` until `shutdown` completes, then closes idle connections and
     /// lets open requests finish (at most [`MAX_POLL`] and 5 s longer). Builds still running
-    /// are abandoned; their rows are taken over after the stale limit by the next server on
-    /// the store. Connections are held to [`ServerConfig::limits`]; failing `accept`s (such
+    /// are given up ([`Embedded::abandon_builds`]): the next server on the store builds them
+    /// at once. Connections are held to [`ServerConfig::limits`]; failing `accept`s (such
     /// as running out of file descriptors) are retried after 100 ms, so the error is
     /// only returned if the listener cannot be used at all.
     pub async fn serve(
@@ -310,6 +336,10 @@ impl Server {
         )
         .await;
         settle.abort();
+        // Builds still running are given up, so that the next server builds them at once.
+        if let Err(e) = self.state.backend.abandon_builds().await {
+            tracing::warn!(error = %e, "cannot give up unfinished builds");
+        }
         Ok(())
     }
 }
@@ -363,6 +393,7 @@ pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     detail: Option<String>,
+    retry_after: Option<Duration>,
 }
 
 /// The public message of an error answer, for [`error_body`].
@@ -376,6 +407,25 @@ impl ApiError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             message: message.into(),
             detail: None,
+            retry_after: None,
+        }
+    }
+
+    /// Adds a `Retry-After` header (whole seconds, at least 1).
+    pub(crate) fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// A store or build failure: transient ones (database busy, disk full, registry down)
+    /// are `503` with `Retry-After`, the rest `500`. Details go to the log only.
+    pub(crate) fn service(e: &ServiceError) -> Self {
+        if e.is_transient() {
+            ApiError::new(503, "temporarily unavailable; ask again")
+                .retry_after(TRANSIENT_RETRY_AFTER)
+                .detail(e)
+        } else {
+            ApiError::internal(e)
         }
     }
 
@@ -404,6 +454,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs().max(1) + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response.extensions_mut().insert(PublicError(self.message));
         response
@@ -513,7 +569,10 @@ async fn answer(
     };
     let (src, dest) = tokio::time::timeout_at(started + MAX_POLL, sides)
         .await
-        .map_err(|_| ApiError::new(503, "the registry did not answer in time"))??;
+        .map_err(|_| {
+            ApiError::new(503, "the registry did not answer in time")
+                .retry_after(TRANSIENT_RETRY_AFTER)
+        })??;
     let deadline = started + state.config.poll.min(MAX_POLL);
     wait_for_delta(state, &src.image, &dest.image, deadline).await
 }
@@ -575,7 +634,7 @@ async fn known(
         .store()
         .image(*id)
         .await
-        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::service(&e))?
         .filter(|i| i.status == "success");
     let side = found.map(|image| {
         let registry = match image.location.parse::<ImageReference>() {
@@ -656,7 +715,14 @@ async fn wait_for_delta(
                     .detail(row.error_message.as_deref().unwrap_or("unknown error")));
             }
             Ok(DeltaRequest::Building) => {}
-            Err(e) => return Err(ApiError::internal(&e)),
+            Ok(DeltaRequest::RetryLater { after, error }) => {
+                return Err(
+                    ApiError::new(503, "the delta build was interrupted; ask again later")
+                        .retry_after(after)
+                        .detail(error),
+                );
+            }
+            Err(e) => return Err(ApiError::service(&e)),
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {

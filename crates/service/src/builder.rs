@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bru_core::retry::RetryPolicy;
 use bru_delta::{Bandwidth, CreateOptions, NoProgress, Progress};
 use bru_oci::{open_sink, open_source, ImageReference, RegistryOptions, RegistryReference};
 use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
 
 use crate::store::{DeltaRecord, ImageRecord, Outcome, Store};
 use crate::ServiceError;
@@ -26,6 +28,17 @@ pub struct BuilderConfig {
     pub workdir: Option<PathBuf>,
     /// How often a running build bumps its row's heartbeat (default 30 s).
     pub heartbeat_interval: Duration,
+    /// The longest a build may take, retries included (default 2 h); past it the build is
+    /// given up as a transient failure.
+    pub build_timeout: Duration,
+    /// A build that reports no progress for this long (default 10 min) stops bumping its
+    /// heartbeat, so that another instance takes it over once it is stale, and is given up
+    /// here. Registry reads time out long before (see [`bru_oci::Timeouts`]); this catches
+    /// whatever else hangs.
+    pub stall_timeout: Duration,
+    /// How transient failures of a build are retried before the row is given up
+    /// (default [`RetryPolicy::BUILD`]).
+    pub retry: RetryPolicy,
     /// gzip level of the delta layers (default 9: deltas are built once, pulled often).
     pub gzip_level: u32,
     /// Download bandwidth of the devices deltas are built for, unless their fleet has its
@@ -50,6 +63,9 @@ impl BuilderConfig {
             delta_dir: delta_dir.into(),
             workdir: None,
             heartbeat_interval: Duration::from_secs(30),
+            build_timeout: Duration::from_secs(2 * 60 * 60),
+            stall_timeout: Duration::from_secs(10 * 60),
+            retry: RetryPolicy::BUILD,
             gzip_level: 9,
             device_bandwidth: Some(Bandwidth::default()),
             progress: None,
@@ -168,8 +184,14 @@ impl DeltaBuilder {
         Ok((location, info.download_bytes))
     }
 
-    /// Runs the build of a row claimed by `owner`: heartbeats it while working and records
-    /// the outcome. Returns the finished row.
+    /// Runs the build of a row claimed by `owner`: heartbeats it while the build makes
+    /// progress, retries transient failures ([`BuilderConfig::retry`]) within
+    /// [`BuilderConfig::build_timeout`], and records the outcome.
+    ///
+    /// A permanent failure is recorded as a failed delta. A transient one that outlasts
+    /// the retries (or the deadline, or a stall) is *not* recorded: the row is given up
+    /// with [`Store::abandon_delta`] and the error is returned, so that the next request
+    /// builds again.
     pub async fn run(
         &self,
         store: &dyn Store,
@@ -179,6 +201,7 @@ impl DeltaBuilder {
         if !store.heartbeat(row.id, owner).await? {
             return Err(ServiceError::LostClaim { id: row.id });
         }
+        let activity = Arc::new(Activity::new());
         let work = async {
             let src = image(store, row.source_image).await?;
             let dest = image(store, row.target_image).await?;
@@ -186,17 +209,54 @@ impl DeltaBuilder {
                 Some(b) => Some(b),
                 None => self.config.device_bandwidth,
             };
-            let progress = match &self.config.progress {
-                Some(p) => p.start(&src, &dest),
-                None => Arc::new(NoProgress),
-            };
-            self.build(&src, &dest, bandwidth, progress).await
+            let progress: Arc<dyn Progress> = Arc::new(Watched {
+                inner: match &self.config.progress {
+                    Some(p) => p.start(&src, &dest),
+                    None => Arc::new(NoProgress),
+                },
+                activity: Arc::clone(&activity),
+            });
+            let mut retry = 0;
+            loop {
+                activity.touch();
+                let e = match self
+                    .build(&src, &dest, bandwidth, Arc::clone(&progress))
+                    .await
+                {
+                    Ok(done) => return Ok(done),
+                    Err(e) if e.is_transient() => e,
+                    Err(e) => return Err(e),
+                };
+                retry += 1;
+                let Some(delay) = self.config.retry.delay(retry, None) else {
+                    return Err(e);
+                };
+                tracing::warn!(delta = row.id, error = %chain(&e), retry, ?delay, "transient build failure; retrying");
+                // Waiting to retry is progress: the heartbeat goes on.
+                let mut waited = Duration::ZERO;
+                while waited < delay {
+                    let step = (delay - waited).min(self.config.heartbeat_interval);
+                    tokio::time::sleep(step).await;
+                    waited += step;
+                    activity.touch();
+                }
+            }
+        };
+        let deadline = self.config.build_timeout;
+        let work = async {
+            tokio::time::timeout(deadline, work)
+                .await
+                .unwrap_or(Err(ServiceError::BuildTimedOut { after: deadline }))
         };
         let heartbeat = async {
             let mut tick = tokio::time::interval(self.config.heartbeat_interval);
             tick.tick().await;
             loop {
                 tick.tick().await;
+                let idle = activity.idle();
+                if idle >= self.config.stall_timeout {
+                    return ServiceError::Stalled { idle };
+                }
                 match store.heartbeat(row.id, owner).await {
                     Ok(true) => {}
                     Ok(false) => return ServiceError::LostClaim { id: row.id },
@@ -204,17 +264,68 @@ impl DeltaBuilder {
                 }
             }
         };
-        let outcome = tokio::select! {
-            result = work => match result {
-                Ok((location, size)) => Outcome::Success { location, size },
-                Err(e) => {
-                    tracing::warn!(delta = row.id, error = %chain(&e), "delta build failed");
-                    Outcome::Failed { error: chain(&e) }
-                }
+        let result = tokio::select! {
+            result = work => result,
+            stopped = heartbeat => match stopped {
+                lost @ ServiceError::LostClaim { .. } => return Err(lost),
+                stalled => Err(stalled),
             },
-            lost = heartbeat => return Err(lost),
+        };
+        let outcome = match result {
+            Ok((location, size)) => Outcome::Success { location, size },
+            Err(e) if e.is_transient() => {
+                tracing::warn!(delta = row.id, error = %chain(&e), "delta build interrupted; not recorded as failed");
+                if let Err(abandon) = store.abandon_delta(row.id, owner).await {
+                    // The heartbeat has stopped: the row goes stale and is taken over.
+                    tracing::warn!(delta = row.id, error = %abandon, "cannot give up the row");
+                }
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(delta = row.id, error = %chain(&e), "delta build failed");
+                Outcome::Failed { error: chain(&e) }
+            }
         };
         store.finish_delta(row.id, owner, outcome).await
+    }
+}
+
+/// When a build last showed a sign of life.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Passes progress events on and counts each as a sign of life.
+struct Watched {
+    inner: Arc<dyn Progress>,
+    activity: Arc<Activity>,
+}
+
+impl Progress for Watched {
+    fn event(&self, event: bru_delta::Event) {
+        self.activity.touch();
+        self.inner.event(event);
     }
 }
 

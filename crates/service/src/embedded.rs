@@ -1,14 +1,16 @@
 //! The embedded backend: bru-core's [`ReleaseSource`] and [`DeltaService`] over a [`Store`]
 //! and a [`DeltaBuilder`], in-process.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bru_core::retry::RetryPolicy;
 use bru_core::{Delta, DeltaService, DeltaTrigger, Image, Release, ReleaseSource, ServiceImage};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::builder::{chain, BuilderConfig, DeltaBuilder};
 use crate::import::{absolutize, check_release, resolve_image, FleetFile};
@@ -32,6 +34,30 @@ pub enum DeltaRequest {
     Building,
     /// The last build failed recently; not retried before the cool-down ends.
     Failed(DeltaRecord),
+    /// The last build here was interrupted by a transient failure (registry down, disk
+    /// full, …); a new one starts after `after`. Nothing was recorded as failed.
+    RetryLater {
+        /// How long until the next attempt.
+        after: Duration,
+        /// The transient error, with its causes.
+        error: String,
+    },
+}
+
+/// Back-off between builds of a pair interrupted by transient failures: from 30 s,
+/// doubling, at most 10 minutes apart, with jitter.
+const INTERRUPTED_BACKOFF: RetryPolicy = RetryPolicy {
+    base: Duration::from_secs(30),
+    max_delay: Duration::from_secs(10 * 60),
+    retries: u32::MAX,
+};
+
+/// A pair whose last build here was interrupted.
+#[derive(Debug, Clone)]
+struct Interrupted {
+    until: Instant,
+    failures: u32,
+    error: String,
 }
 
 /// Store plus builder: answers delta requests, building each delta at most once.
@@ -46,6 +72,7 @@ pub struct Embedded {
     policy: ClaimPolicy,
     label: String,
     inflight: Arc<Mutex<HashSet<(u64, u64)>>>,
+    interrupted: Arc<Mutex<HashMap<(u64, u64), Interrupted>>>,
     claim_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -73,6 +100,7 @@ impl Embedded {
             owner: owner.into(),
             policy,
             inflight: Arc::default(),
+            interrupted: Arc::default(),
             claim_lock: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(JoinSet::new()),
         }
@@ -93,7 +121,21 @@ impl Embedded {
         let store = SqliteStore::open(state.join("store.sqlite")).await?;
         config.delta_dir = state.join("deltas");
         let fleet_file = dir.join("fleet.json");
-        let owner = format!("embedded-{}-{}", std::process::id(), now_ms());
+        let owner = local_owner();
+        // Work directories of builds whose process died (kill -9, crash) are removed.
+        let workdir = config.workdir.clone();
+        match tokio::task::spawn_blocking(move || {
+            bru_delta::clean_dead_workdirs(workdir.as_deref())
+        })
+        .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "removed work directories of dead builds"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot clean work directories of dead builds")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot clean work directories of dead builds"),
+        }
         let mut this = Embedded::new(
             Arc::new(store.clone()),
             DeltaBuilder::new(config),
@@ -169,10 +211,27 @@ impl Embedded {
         if self.is_inflight(src, dest) {
             return Ok(DeltaRequest::Building);
         }
-        let claim = self
+        if let Some(i) = self.interrupted_until(src, dest) {
+            return Ok(DeltaRequest::RetryLater {
+                after: i.until.saturating_duration_since(Instant::now()),
+                error: i.error,
+            });
+        }
+        let mut claim = self
             .store
             .claim_delta(src, dest, DELTA_VERSION, &self.owner, &self.policy)
             .await?;
+        if let Claim::Running(row) = &claim {
+            // A build whose process is gone from this machine is taken over at once, not
+            // after its heartbeat goes stale.
+            if owner_is_dead(&row.owner) && self.store.abandon_delta(row.id, &row.owner).await? {
+                tracing::info!(delta = row.id, owner = %row.owner, "taking over a build whose process ended");
+                claim = self
+                    .store
+                    .claim_delta(src, dest, DELTA_VERSION, &self.owner, &self.policy)
+                    .await?;
+            }
+        }
         Ok(match claim {
             Claim::Ready(row) => DeltaRequest::Ready(row),
             Claim::Running(_) => DeltaRequest::Building,
@@ -185,6 +244,25 @@ impl Embedded {
                 DeltaRequest::Building
             }
         })
+    }
+
+    /// The back-off of a pair interrupted by a transient failure, while it lasts.
+    fn interrupted_until(&self, src: u64, dest: u64) -> Option<Interrupted> {
+        let map = self.interrupted.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(src, dest))
+            .filter(|i| i.until > Instant::now())
+            .cloned()
+    }
+
+    /// Gives up every build this instance still runs (see [`Store::abandon_owned`]), so
+    /// that the next run builds them at once instead of waiting for them to go stale.
+    /// Call it before the process ends with builds unfinished.
+    pub async fn abandon_builds(&self) -> Result<u64, ServiceError> {
+        let n = self.store.abandon_owned(&self.owner).await?;
+        if n > 0 {
+            tracing::info!(builds = n, "gave up unfinished builds");
+        }
+        Ok(n)
     }
 
     fn is_inflight(&self, src: u64, dest: u64) -> bool {
@@ -200,18 +278,39 @@ impl Embedded {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key);
-        let (store, builder, owner, inflight) = (
+        let (store, builder, owner, inflight, interrupted) = (
             Arc::clone(&self.store),
             Arc::clone(&self.builder),
             self.owner.clone(),
             Arc::clone(&self.inflight),
+            Arc::clone(&self.interrupted),
         );
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         // Reap finished tasks so the set does not grow in a long-running process.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            match builder.run(&*store, &row, &owner).await {
-                Ok(done) => tracing::debug!(delta = done.id, status = ?done.status, "build ended"),
+            let result = builder.run(&*store, &row, &owner).await;
+            let mut interrupted = interrupted.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(done) => {
+                    interrupted.remove(&key);
+                    tracing::debug!(delta = done.id, status = ?done.status, "build ended");
+                }
+                Err(e) if e.is_transient() => {
+                    let failures = interrupted.get(&key).map_or(0, |i| i.failures) + 1;
+                    let delay = INTERRUPTED_BACKOFF
+                        .delay(failures, None)
+                        .unwrap_or(INTERRUPTED_BACKOFF.max_delay);
+                    tracing::warn!(delta = row.id, error = %chain(&e), ?delay, "build interrupted; will build again");
+                    interrupted.insert(
+                        key,
+                        Interrupted {
+                            until: Instant::now() + delay,
+                            failures,
+                            error: chain(&e),
+                        },
+                    );
+                }
                 Err(e) => tracing::warn!(delta = row.id, error = %chain(&e), "build ended without a record"),
             }
             inflight
@@ -238,12 +337,18 @@ impl Embedded {
     }
 
     fn core_error(&self, e: ServiceError) -> bru_core::Error {
+        let service = format!("embedded store {}", self.label)
+            .trim_end()
+            .to_string();
         match e {
             ServiceError::UnknownImage { id } => bru_core::Error::ImageNotFound { id },
-            e => bru_core::Error::Network {
-                url: format!("embedded store {}", self.label)
-                    .trim_end()
-                    .to_string(),
+            e if e.is_transient() => bru_core::Error::Unavailable {
+                service,
+                retry_after: None,
+                source: Box::new(e),
+            },
+            e => bru_core::Error::Backend {
+                service,
                 source: Box::new(e),
             },
         }
@@ -314,7 +419,7 @@ impl ReleaseSource for Embedded {
             .map_err(|e| self.core_error(e))?;
         Ok(found.map(|d| Delta {
             id: d.id,
-            status: d.status.as_str().to_string(),
+            status: d.status,
             version: d.version,
             location: d.location,
             size: d.size.unwrap_or(0),
@@ -334,6 +439,11 @@ impl DeltaService for Embedded {
         {
             DeltaRequest::Ready(_) => Ok(DeltaTrigger::Ready),
             DeltaRequest::Building => Ok(DeltaTrigger::Building),
+            DeltaRequest::RetryLater { after, error } => Err(bru_core::Error::Unavailable {
+                service: format!("the delta from image {src} to image {dest}"),
+                retry_after: Some(after),
+                source: error.into(),
+            }),
             DeltaRequest::Failed(row) => Err(bru_core::Error::Request {
                 status: 422,
                 message: format!(
@@ -344,6 +454,31 @@ impl DeltaService for Embedded {
             }),
         }
     }
+}
+
+/// The owner name of builds of this process: `embedded-<host>-<pid>-<start>`.
+fn local_owner() -> String {
+    format!(
+        "embedded-{}-{}",
+        bru_core::process::host_name(),
+        bru_core::process::ProcessStamp::current()
+    )
+}
+
+/// Whether `owner` names a process of this machine that has ended.
+fn owner_is_dead(owner: &str) -> bool {
+    let Some(rest) = owner.strip_prefix("embedded-") else {
+        return false;
+    };
+    // `<host>-<pid>-<start>`: the host may contain dashes, the stamp does not.
+    let mut parts = rest.rsplitn(3, '-');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    host == bru_core::process::host_name()
+        && format!("{pid}-{start}")
+            .parse::<bru_core::process::ProcessStamp>()
+            .is_ok_and(|p| p.is_dead())
 }
 
 /// The state directory of a store directory (database and built deltas).

@@ -91,6 +91,18 @@ pub enum ServiceError {
         /// What is wrong.
         reason: String,
     },
+    /// The build ran past its deadline ([`crate::BuilderConfig::build_timeout`]).
+    #[error("the build did not finish within {} s", .after.as_secs())]
+    BuildTimedOut {
+        /// The deadline.
+        after: std::time::Duration,
+    },
+    /// The build made no progress for too long ([`crate::BuilderConfig::stall_timeout`]).
+    #[error("the build made no progress for {} s", .idle.as_secs())]
+    Stalled {
+        /// How long nothing moved.
+        idle: std::time::Duration,
+    },
     /// A background task panicked or was cancelled.
     #[error("background task failed: {reason}")]
     Task {
@@ -100,6 +112,24 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// Whether trying again later may succeed: the database is busy, locked, out of disk or
+    /// failed an I/O; the disk is full; an image could not be read or written for a
+    /// transient reason; the build timed out or stalled (its registry, most likely). Such
+    /// failures are retried and never recorded as a failed delta. Everything else (a bad
+    /// image, a delta that cannot be built, a corrupt or newer database) is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ServiceError::Database { source, .. } => database_is_transient(&**source),
+            ServiceError::Io { source, .. } => bru_core::retry::io_is_transient(source),
+            ServiceError::Image { source, .. } => source.is_transient(),
+            ServiceError::Build(e) => e.is_transient(),
+            ServiceError::BuildTimedOut { .. }
+            | ServiceError::Stalled { .. }
+            | ServiceError::Task { .. } => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn db(path: impl Into<PathBuf>) -> impl FnOnce(rusqlite::Error) -> ServiceError {
         let path = path.into();
         move |e| ServiceError::Database {
@@ -111,5 +141,76 @@ impl ServiceError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ServiceError {
         let path = path.into();
         move |source| ServiceError::Io { path, source }
+    }
+}
+
+fn database_is_transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e.downcast_ref::<rusqlite::Error>() {
+        Some(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            C::DatabaseBusy | C::DatabaseLocked | C::DiskFull | C::SystemIoFailure | C::OutOfMemory
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> ServiceError {
+        ServiceError::Database {
+            path: "db".into(),
+            source: Box::new(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            )),
+        }
+    }
+
+    #[test]
+    fn busy_and_full_databases_are_transient_corrupt_ones_are_not() {
+        assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_transient());
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_transient());
+    }
+
+    #[test]
+    fn full_disks_and_unreachable_registries_are_transient_bad_images_are_not() {
+        let full = ServiceError::Io {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert!(full.is_transient());
+        let down = ServiceError::Image {
+            reference: "r".into(),
+            source: bru_oci::OciError::Http {
+                url: "u".into(),
+                reason: "connection refused".into(),
+            },
+        };
+        assert!(down.is_transient());
+        let unknown = ServiceError::Image {
+            reference: "r".into(),
+            source: bru_oci::OciError::Registry {
+                status: 404,
+                code: Some("MANIFEST_UNKNOWN".into()),
+                message: "m".into(),
+                url: "u".into(),
+            },
+        };
+        assert!(!unknown.is_transient());
+        let bad = ServiceError::Build(bru_delta::DeltaError::RebuiltMismatch {
+            index: 0,
+            expected: bru_oci::Digest::of(b"a"),
+            actual: bru_oci::Digest::of(b"b"),
+        });
+        assert!(!bad.is_transient());
+        assert!(ServiceError::Stalled {
+            idle: std::time::Duration::from_secs(1)
+        }
+        .is_transient());
     }
 }

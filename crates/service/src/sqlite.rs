@@ -251,12 +251,8 @@ fn delta_row(r: &Row<'_>) -> rusqlite::Result<DeltaRecord> {
         source_image: r.get(1)?,
         target_image: r.get(2)?,
         version: r.get(3)?,
-        status: DeltaStatus::parse(&status).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                4,
-                rusqlite::types::Type::Text,
-                format!("unknown delta status {status:?}").into(),
-            )
+        status: status.parse::<DeltaStatus>().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
         })?,
         location: r.get(5)?,
         size: r.get(6)?,
@@ -661,6 +657,30 @@ impl Store for SqliteStore {
                 return Err(Failure::Service(ServiceError::LostClaim { id }));
             }
             Ok(delta_by_id(c, id)?)
+        })
+        .await
+    }
+
+    async fn abandon_delta(&self, id: u64, owner: &str) -> Result<bool, ServiceError> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM deltas WHERE id = ?1 AND owner = ?2 AND status = 'running'",
+                params![id, owner],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn abandon_owned(&self, owner: &str) -> Result<u64, ServiceError> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM deltas WHERE owner = ?1 AND status = 'running'",
+                params![owner],
+            )
+            .map(|n| n as u64)
         })
         .await
     }

@@ -62,36 +62,7 @@ pub struct NewImage {
     pub image_size: u64,
 }
 
-/// Status of a delta row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeltaStatus {
-    /// A builder owns the row and bumps `update_timestamp` while it works.
-    Running,
-    /// The delta image exists at `is_stored_at__location`.
-    Success,
-    /// The build failed; `error_message` says why.
-    Failed,
-}
-
-impl DeltaStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            DeltaStatus::Running => "running",
-            DeltaStatus::Success => "success",
-            DeltaStatus::Failed => "failed",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "running" => Some(DeltaStatus::Running),
-            "success" => Some(DeltaStatus::Success),
-            "failed" => Some(DeltaStatus::Failed),
-            _ => None,
-        }
-    }
-}
+pub use bru_core::DeltaStatus;
 
 /// A delta row, shaped like balena's `delta` resource. Times are milliseconds since the
 /// Unix epoch.
@@ -256,4 +227,14 @@ pub trait Store: Send + Sync + Debug {
         owner: &str,
         outcome: Outcome,
     ) -> Result<DeltaRecord, ServiceError>;
+
+    /// Gives up a `running` row owned by `owner` without an outcome (its build failed for a
+    /// transient reason, or its process is gone): the row is removed, so that the next
+    /// [`Store::claim_delta`] starts a new build at once and nothing is remembered as
+    /// failed. Returns false when the row is not running under `owner`.
+    async fn abandon_delta(&self, id: u64, owner: &str) -> Result<bool, ServiceError>;
+
+    /// [`Store::abandon_delta`] for every `running` row of `owner` (a process that stops
+    /// before its builds end); returns how many.
+    async fn abandon_owned(&self, owner: &str) -> Result<u64, ServiceError>;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
-use crate::{Delta, DeltaTrigger};
+use crate::{Delta, DeltaStatus, DeltaTrigger};
 
 /// An in-memory backend. `on_poll` runs before every `latest_delta` call and may change the
 /// delta table or make the call fail.
@@ -53,7 +53,7 @@ impl ReleaseSource for Mem {
             *reads += 1;
             if self.succeed_after_reads.is_some_and(|n| *reads >= n) {
                 if let Some(d) = deltas.get_mut(&(src, dest)) {
-                    d.status = "success".into();
+                    d.status = DeltaStatus::Success;
                 }
             }
         }
@@ -87,7 +87,7 @@ fn image(id: u64, hash: Option<&str>, size: u64) -> Image {
 fn delta(id: u64, status: &str, size: u64) -> Delta {
     Delta {
         id,
-        status: status.into(),
+        status: status.parse().unwrap(),
         version: 3,
         location: Some(format!("registry2.example.com/v2/delta-{id}")),
         size,
@@ -368,13 +368,18 @@ async fn zero_timeout_times_out_at_once() {
 }
 
 #[test]
-fn backoff_doubles_and_is_capped() {
+fn backoff_doubles_with_jitter_is_capped_and_honours_retry_after() {
     let s = Duration::from_secs;
-    assert_eq!(backoff(s(5), 1), s(10));
-    assert_eq!(backoff(s(5), 2), s(20));
-    assert_eq!(backoff(s(5), 10), s(60));
-    assert_eq!(backoff(s(90), 3), s(90));
-    assert_eq!(backoff(s(5), u32::MAX), s(60));
+    let within = |d: Duration, lo: u64, hi: u64| assert!(d >= s(lo) && d <= s(hi), "{d:?}");
+    for _ in 0..50 {
+        within(backoff(s(5), 1, None), 5, 10);
+        within(backoff(s(5), 2, None), 10, 20);
+        within(backoff(s(5), 10, None), 30, 60);
+        within(backoff(s(90), 3, None), 45, 90);
+        within(backoff(s(5), u32::MAX, None), 30, 60);
+        assert_eq!(backoff(s(5), 1, Some(s(40))), s(40));
+        assert_eq!(backoff(s(5), 1, Some(s(4000))), s(60));
+    }
 }
 
 #[test]
