@@ -85,7 +85,7 @@ async fn the_balena_client_reads_releases_images_and_deltas() {
     }
     assert!(ready);
     let delta = client.latest_delta(src, dest).await.unwrap().unwrap();
-    assert_eq!(delta.status, "success");
+    assert_eq!(delta.status, bru_core::DeltaStatus::Success);
     assert_eq!(delta.version, 3);
     assert!(delta.size > 0 && delta.location.is_some());
     assert!(client.latest_delta(dest, src).await.unwrap().is_none());

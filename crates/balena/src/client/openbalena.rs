@@ -329,14 +329,14 @@ impl BalenaClient {
                 download_bytes,
             } => Some(Delta {
                 id,
-                status: "success".to_owned(),
+                status: bru_core::DeltaStatus::Success,
                 version,
                 location: Some(name),
                 size: download_bytes,
             }),
             WireStatus::Building { id, version } => Some(Delta {
                 id,
-                status: "running".to_owned(),
+                status: bru_core::DeltaStatus::Running,
                 version,
                 location: None,
                 size: 0,
