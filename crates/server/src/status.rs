@@ -19,6 +19,7 @@
 //! | `ready` | the delta exists | `id`, `version`, `name` (what `/api/v3/delta` answers), `download_bytes` (config plus delta layers, compressed: what a device downloads) |
 //! | `building` | a build is running (its heartbeat is fresh) | `id`, `version` |
 //! | `failed` | the last build failed and is not retried before `retry_after_seconds` | `id`, `version`, `retry_after_seconds` |
+//! | `interrupted` | the last build was interrupted by a transient failure (its row was given up); a delta request answers 503 until `retry_after_seconds` | `retry_after_seconds` |
 //! | `none` | no delta, or a stale or cooled-down row: a delta request would start a build | — |
 
 use std::sync::Arc;
@@ -51,6 +52,9 @@ pub(crate) enum DeltaState {
     Failed {
         id: u64,
         version: u32,
+        retry_after_seconds: u64,
+    },
+    Interrupted {
         retry_after_seconds: u64,
     },
     None,
@@ -115,7 +119,22 @@ async fn answer(
         .newest_delta(src.image.id, dest.image.id, DELTA_VERSION)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(state_of(row, &state.config.policy, now_ms()))
+    let held_back = state.backend.interrupted_for(src.image.id, dest.image.id);
+    Ok(with_interruption(
+        state_of(row, &state.config.policy, now_ms()),
+        held_back,
+    ))
+}
+
+/// Without a row that decides, a pair held back after an interrupted build is
+/// `interrupted` (a request would answer 503 until then).
+fn with_interruption(state: DeltaState, held_back: Option<std::time::Duration>) -> DeltaState {
+    match (state, held_back) {
+        (DeltaState::None, Some(left)) => DeltaState::Interrupted {
+            retry_after_seconds: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+        },
+        (known, _) => known,
+    }
 }
 
 fn now_ms() -> i64 {
@@ -223,6 +242,27 @@ mod tests {
         );
         let cooled = row(DeltaStatus::Failed, 0, Some(now - 600_000));
         assert_eq!(state_of(Some(cooled), &policy, now), DeltaState::None);
+    }
+
+    #[test]
+    fn a_held_back_pair_without_a_row_is_interrupted() {
+        let left = Some(std::time::Duration::from_millis(1500));
+        assert_eq!(
+            with_interruption(DeltaState::None, left),
+            DeltaState::Interrupted {
+                retry_after_seconds: 2
+            }
+        );
+        assert_eq!(with_interruption(DeltaState::None, None), DeltaState::None);
+        let building = DeltaState::Building { id: 1, version: 3 };
+        assert_eq!(with_interruption(building.clone(), left), building);
+        assert_eq!(
+            serde_json::to_value(DeltaState::Interrupted {
+                retry_after_seconds: 2
+            })
+            .unwrap(),
+            serde_json::json!({"status": "interrupted", "retry_after_seconds": 2})
+        );
     }
 
     #[test]

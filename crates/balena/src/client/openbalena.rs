@@ -116,6 +116,7 @@ enum WireStatus {
         version: u32,
     },
     Failed {},
+    Interrupted {},
     None {},
 }
 
@@ -306,7 +307,7 @@ impl BalenaClient {
     }
 
     /// The delta state `serve` reports: `ready` is a successful delta, `building` a running
-    /// one; a failed or missing delta is none (it is requested again).
+    /// one; a failed, interrupted or missing delta is none (it is requested again).
     pub(super) async fn serve_status(&self, src: u64, dest: u64) -> Result<Option<Delta>, Error> {
         let (from, to, token) = self.pair(src, dest).await?;
         let url = self.serve_url("/status", &from, &to)?;
@@ -341,7 +342,7 @@ impl BalenaClient {
                 location: None,
                 size: 0,
             }),
-            WireStatus::Failed {} | WireStatus::None {} => None,
+            WireStatus::Failed {} | WireStatus::Interrupted {} | WireStatus::None {} => None,
         })
     }
 
@@ -436,6 +437,37 @@ mod tests {
             let err = RegistryImage::of(&image(bad, Some(HASH))).unwrap_err();
             assert!(err.contains("image 5"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn every_status_serve_answers_is_understood() {
+        let parse = |json: &str| serde_json::from_str::<WireStatus>(json).unwrap();
+        assert!(matches!(
+            parse(
+                r#"{"status":"ready","id":7,"version":3,"name":"r/v2/a:delta-1","download_bytes":12}"#
+            ),
+            WireStatus::Ready {
+                id: 7,
+                version: 3,
+                download_bytes: 12,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(r#"{"status":"building","id":7,"version":3}"#),
+            WireStatus::Building { id: 7, version: 3 }
+        ));
+        assert!(matches!(
+            parse(r#"{"status":"failed","id":7,"version":3,"retry_after_seconds":5}"#),
+            WireStatus::Failed {}
+        ));
+        assert!(matches!(
+            parse(r#"{"status":"interrupted","retry_after_seconds":5}"#),
+            WireStatus::Interrupted {}
+        ));
+        assert!(matches!(parse(r#"{"status":"none"}"#), WireStatus::None {}));
+        assert!(serde_json::from_str::<WireStatus>(r#"{"status":"later"}"#).is_err());
+        assert!(serde_json::from_str::<WireStatus>(r#"{"status":"ready","id":7}"#).is_err());
     }
 
     #[test]
