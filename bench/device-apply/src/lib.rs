@@ -66,6 +66,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 mod apply;
 mod basis;
 mod error;

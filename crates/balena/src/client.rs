@@ -206,8 +206,7 @@ impl BalenaClient {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(bru_core::retry::parse_retry_after);
         let json = response
             .headers()
             .get(CONTENT_TYPE)

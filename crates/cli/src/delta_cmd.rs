@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use bru_delta::{ApplyOptions, Bandwidth, CreateOptions, Event, Format, Progress, Step};
+use bru_delta::{ApplyOptions, Bandwidth, ByteSize, CreateOptions, Event, Format, Progress, Step};
 use bru_oci::{Credentials, ImageReference, ImageSink, ImageSource, Platform, RegistryOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,6 +51,12 @@ pub enum DeltaCommand {
         /// Where to write the rebuilt image.
         #[arg(long, value_name = "IMAGE")]
         output: ImageReference,
+        /// Limit of the rebuilt bytes (uncompressed), for each layer and for all together,
+        /// e.g. 20GiB or 500MB. Stops a gzip bomb or a delta that repeats the source endlessly
+        /// [default: derived from the inputs: 4 x the source's uncompressed size, plus per
+        /// delta layer 32 x its compressed size, at least 64 MiB].
+        #[arg(long, value_name = "SIZE")]
+        max_output_bytes: Option<ByteSize>,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -210,6 +216,7 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             source,
             delta,
             output,
+            max_output_bytes,
             common,
         } => {
             let opts = common.registry.options()?;
@@ -220,6 +227,7 @@ pub async fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 gzip_level: common
                     .gzip_level
                     .unwrap_or(ApplyOptions::default().gzip_level),
+                max_output_bytes: max_output_bytes.map(|b| b.0),
             };
             let info = bru_delta::apply(&*src, &*d, &*sink, &apply, progress())
                 .await

@@ -242,3 +242,56 @@ fn bad_inputs_print_error_and_exit_1_with_nothing_on_stdout() {
         );
     }
 }
+
+#[test]
+fn apply_max_output_bytes_bounds_the_rebuilt_bytes() {
+    let im = images();
+    let (src, dst) = (
+        oci(im.dir.path(), "images", "v1"),
+        oci(im.dir.path(), "images", "v2"),
+    );
+    let delta = oci(im.dir.path(), "delta", "d1");
+    json(&run(&[
+        "delta", "create", "--source", &src, "--target", &dst, "--output", &delta,
+    ]));
+    let apply = |out: &str, limit: &str| {
+        run(&[
+            "delta",
+            "apply",
+            "--source",
+            &src,
+            "--delta",
+            &delta,
+            "--output",
+            out,
+            "--max-output-bytes",
+            limit,
+        ])
+    };
+
+    // Below the rebuilt layer's size: refused, and no output appears.
+    let small = oci(im.dir.path(), "small", "v2");
+    let r = apply(&small, "1KiB");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(r.stderr.starts_with("ERROR: "), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the rebuilt layer exceeds the limit of 1024 bytes"),
+        "{}",
+        r.stderr
+    );
+    assert!(!im.dir.path().join("small").exists());
+
+    // Room enough: the same apply succeeds.
+    let out = oci(im.dir.path(), "applied", "v2");
+    let applied = json(&apply(&out, "1MiB"));
+    assert_eq!(applied["image_id"], im.target.config.digest.to_string());
+
+    // A size that does not parse is a usage error.
+    let r = apply(&oci(im.dir.path(), "bad", "v2"), "12 parsecs");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.starts_with("ERROR: "), "{}", r.stderr);
+    assert!(r.stderr.contains("unknown unit"), "{}", r.stderr);
+    assert!(!im.dir.path().join("bad").exists());
+}

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use base64::Engine as _;
 use bru_oci::{open_sink, open_source, tar_of, ImageSpec, OciDir, RegistryOptions};
 use bru_test_support::openbalena::{self, FakeOpenBalena, Flavour, Image, Release, State, User};
-use bru_test_support::{unique_repo, TestRegistry};
+use bru_test_support::{noise, unique_repo, TestRegistry};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_balena-release-update");
@@ -22,21 +22,6 @@ const BOB: &str = "bobAPIKEYbobAPIKEYbob00002";
 const DEVICE: &str = "deviceAPIKEYdeviceAPIKEY03";
 const FROM_COMMIT: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f900112233";
 const TO_COMMIT: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0f99887766";
-
-/// Deterministic, poorly compressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// One image pushed to the registry as openBalena stores it: `HOST/v2/<name>`.
 struct Pushed {

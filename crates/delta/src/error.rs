@@ -9,6 +9,7 @@ use bru_rsync::PatchError;
 
 use crate::config::ConfigError;
 use crate::layer::LayerTarError;
+use crate::limits::Bound;
 
 /// Which image an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,19 @@ pub enum DeltaError {
         expected: Digest,
         /// sha256 of what the delta rebuilt.
         actual: Digest,
+    },
+    /// Rebuilding stopped at a limit derived from the inputs (see [`crate::limits`]): a gzip
+    /// bomb, or COPYs that repeat the basis too often. Nothing beyond the limit was written
+    /// and nothing was published. Permanent for these inputs; an explicit
+    /// [`ApplyOptions::max_output_bytes`](crate::ApplyOptions::max_output_bytes) raises it.
+    #[error("layer {index}: {bound} exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Layer index.
+        index: usize,
+        /// Which limit.
+        bound: Bound,
+        /// The limit, in bytes.
+        limit: u64,
     },
     /// Writing the output image failed.
     #[error("cannot write the output image")]

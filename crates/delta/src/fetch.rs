@@ -11,6 +11,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::error::{blocking, DeltaError, Role};
 use crate::hashio::HashWriter;
+use crate::limits::{Bound, CappedReader};
 
 const BUF: usize = 256 * 1024;
 
@@ -126,6 +127,29 @@ pub(crate) async fn fetch_layer(
     out_path: &Path,
     tee: Option<Tee>,
 ) -> Result<(File, u64), DeltaError> {
+    fetch_layer_capped(
+        src,
+        (role, index),
+        desc,
+        diff_id,
+        (out, out_path),
+        tee,
+        None,
+    )
+    .await
+}
+
+/// [`fetch_layer`] that stops with [`DeltaError::TooLarge`]
+/// ([`Bound::InflatedSource`]) after `cap` decompressed bytes, when given.
+pub(crate) async fn fetch_layer_capped(
+    src: &dyn ImageSource,
+    (role, index): (Role, usize),
+    desc: &Descriptor,
+    diff_id: &Digest,
+    (out, out_path): (File, &Path),
+    tee: Option<Tee>,
+    cap: Option<u64>,
+) -> Result<(File, u64), DeltaError> {
     let reader = src.blob(desc).await.map_err(|source| DeltaError::Layer {
         role,
         index,
@@ -136,31 +160,79 @@ pub(crate) async fn fetch_layer(
     let path = out_path.to_path_buf();
     blocking(move || {
         let bridge = SyncIoBridge::new_with_handle(reader, handle);
-        let plain = decompress_read(BufReader::with_capacity(BUF, bridge)).map_err(|source| {
-            DeltaError::Layer {
-                role,
-                index,
-                source,
-            }
-        })?;
-        let w = HashWriter::new(BufWriter::with_capacity(BUF, out));
-        let (w, _) = copy_pipelined(plain, w, tee.as_ref(), (role, index), &path)?;
-        let (buffered, actual, len) = w.finish();
-        if actual != expected {
-            return Err(DeltaError::DiffIdMismatch {
-                role,
-                index,
-                expected,
-                actual,
-            });
-        }
-        let file = buffered.into_inner().map_err(|e| DeltaError::Io {
-            path: path.clone(),
-            source: e.into_error(),
-        })?;
-        Ok((file, len))
+        inflate_checked(bridge, (role, index), &expected, (out, &path), tee, cap)
     })
     .await
+}
+
+/// Like [`fetch_layer_capped`] for a layer blob already on disk at `blob` (fetched and
+/// verified before): decompresses it into `out` without asking the source again.
+pub(crate) async fn inflate_local_layer(
+    blob: &Path,
+    (role, index): (Role, usize),
+    diff_id: &Digest,
+    (out, out_path): (File, &Path),
+    cap: Option<u64>,
+) -> Result<(File, u64), DeltaError> {
+    let (blob, expected, path) = (blob.to_path_buf(), diff_id.clone(), out_path.to_path_buf());
+    blocking(move || {
+        let compressed = File::open(&blob).map_err(DeltaError::io(&blob))?;
+        inflate_checked(
+            compressed,
+            (role, index),
+            &expected,
+            (out, &path),
+            None,
+            cap,
+        )
+    })
+    .await
+}
+
+/// Decompresses `compressed` (gzip, zstd or plain) into `out` on two threads, stopping
+/// after `cap` bytes, and checks that the result hashes to `expected`. Blocking.
+fn inflate_checked(
+    compressed: impl Read,
+    (role, index): (Role, usize),
+    expected: &Digest,
+    (out, path): (File, &Path),
+    tee: Option<Tee>,
+    cap: Option<u64>,
+) -> Result<(File, u64), DeltaError> {
+    let plain = decompress_read(BufReader::with_capacity(BUF, compressed)).map_err(|source| {
+        DeltaError::Layer {
+            role,
+            index,
+            source,
+        }
+    })?;
+    let tripped = std::cell::Cell::new(None);
+    let limit = cap.unwrap_or(u64::MAX);
+    let plain = CappedReader::new(plain, limit, Bound::InflatedSource, &tripped);
+    let w = HashWriter::new(BufWriter::with_capacity(BUF, out));
+    let copied = copy_pipelined(plain, w, tee.as_ref(), (role, index), path);
+    if let Some(bound) = tripped.get() {
+        return Err(DeltaError::TooLarge {
+            index,
+            bound,
+            limit,
+        });
+    }
+    let (w, _) = copied?;
+    let (buffered, actual, len) = w.finish();
+    if actual != *expected {
+        return Err(DeltaError::DiffIdMismatch {
+            role,
+            index,
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    let file = buffered.into_inner().map_err(|e| DeltaError::Io {
+        path: path.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    Ok((file, len))
 }
 
 /// Streams a blob unchanged (still compressed) into a new file at `path`,

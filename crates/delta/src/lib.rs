@@ -18,24 +18,35 @@
 //! Building memory-maps the basis and one target layer at a time and releases
 //! pages it is done with, so its resident set stays below the source image's
 //! uncompressed size; applying reads the basis by offset and needs a few MiB.
+//! What applying writes is bounded by limits derived from its inputs, so a gzip
+//! bomb or a delta of endless COPYs stops early (see [`limits`]).
+//!
+//! Public surface: the operations and their types are re-exported at the root; three
+//! modules stay public on purpose, as building blocks of the format for tests, fuzzing and
+//! other tools: [`config`] (the delta labels), [`layer`] (the delta layer tar) and
+//! [`limits`] (the apply limits).
 //!
 //! Speed: fetching (decompress on one thread, hash and write on another),
 //! indexing (fed from the fetch), matching (two windows at once), the
 //! self-check and gzip of one layer and the encoding of the next overlap;
 //! the delta bytes do not depend on any of it (see `DESIGN.md`, "Build speed").
 
-pub mod apply;
-pub mod chain;
+#![deny(missing_docs)]
+
+mod apply;
+mod basis;
+mod chain;
 pub mod config;
-pub mod create;
+mod create;
 mod engine;
 mod error;
 mod fetch;
 mod hashio;
-pub mod inspect;
+mod inspect;
 pub mod layer;
-pub mod manifest;
-pub mod progress;
+pub mod limits;
+mod manifest;
+mod progress;
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +57,7 @@ pub use bru_rsync::Bandwidth;
 pub use create::{create, CreateOptions, DeltaInfo, LayerInfo, LayerKind};
 pub use error::{DeltaError, Role};
 pub use inspect::inspect;
+pub use limits::{Bound, ByteSize};
 pub use manifest::Format;
 pub use progress::{Event, NoProgress, Progress, Step};
 

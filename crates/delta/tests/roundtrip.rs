@@ -385,3 +385,84 @@ async fn skopeo_reads_the_rebuilt_image() {
         );
     }
 }
+
+/// An image source that counts the blobs asked of it.
+#[derive(Debug)]
+struct Counting {
+    inner: Box<dyn bru_oci::ImageSource>,
+    asked: std::sync::Mutex<std::collections::HashMap<bru_oci::Digest, usize>>,
+}
+
+#[async_trait::async_trait]
+impl bru_oci::ImageSource for Counting {
+    async fn image(&self) -> Result<bru_oci::PulledImage, bru_oci::OciError> {
+        self.inner.image().await
+    }
+
+    async fn blob(
+        &self,
+        desc: &bru_oci::Descriptor,
+    ) -> Result<bru_oci::BlobReader, bru_oci::OciError> {
+        *self
+            .asked
+            .lock()
+            .unwrap()
+            .entry(desc.digest.clone())
+            .or_default() += 1;
+        self.inner.blob(desc).await
+    }
+}
+
+#[tokio::test]
+async fn apply_downloads_each_source_layer_once() {
+    let base = layer(&[("lib/base".into(), noise(1, 40_000))]);
+    let mid = layer(&[("lib/mid".into(), noise(2, 30_000))]);
+    let app1 = noise(3, 50_000);
+    let mut app2 = app1.clone();
+    app2[100..110].copy_from_slice(b"0123456789");
+    let pair = Pair::new(
+        vec![
+            base.clone(),
+            mid.clone(),
+            layer(&[("app/bin".into(), app1)]),
+        ],
+        vec![base, mid, layer(&[("app/bin".into(), app2)])],
+    );
+    let delta = pair.out("delta");
+    support::create(&pair.reference("source"), &pair.reference("target"), &delta)
+        .await
+        .unwrap();
+
+    let opts = bru_oci::RegistryOptions::default();
+    let source = Counting {
+        inner: bru_oci::open_source(&pair.reference("source"), &opts)
+            .await
+            .unwrap(),
+        asked: Default::default(),
+    };
+    let d = bru_oci::open_source(&delta, &opts).await.unwrap();
+    let out = pair.out("rebuilt");
+    let sink = bru_oci::open_sink(&out, &opts).await.unwrap();
+    let info = bru_delta::apply(
+        &source,
+        &*d,
+        &*sink,
+        &bru_delta::ApplyOptions::default(),
+        std::sync::Arc::new(bru_delta::NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        info.layers
+            .iter()
+            .map(|l| l.from_source)
+            .collect::<Vec<_>>(),
+        vec![true, true, false]
+    );
+    assert_eq!(info.image_id, pair.target.config.digest);
+    let asked = source.asked.lock().unwrap();
+    for l in &pair.source.layers {
+        assert_eq!(asked.get(&l.digest), Some(&1), "layer {}", l.digest);
+    }
+    assert_eq!(asked.len(), pair.source.layers.len());
+}

@@ -21,7 +21,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::digest::Hasher;
-use crate::types::{media_type, MAX_DOCUMENT_SIZE};
+use crate::limits::{
+    check_declared, MAX_ARCHIVE_HEADER_BYTES, MAX_ARCHIVE_MEMBERS, MAX_CONFIG_SIZE,
+    MAX_MANIFEST_SIZE,
+};
+use crate::types::media_type;
 use crate::{
     parse_manifest, verify_reader, BlobReader, Descriptor, Digest, ImageSink, ImageSource,
     Manifest, ManifestKind, OciDir, OciError, PulledImage, PutOutcome,
@@ -65,6 +69,36 @@ fn familiar(repo_tag: &str) -> &str {
     s.strip_prefix("library/").unwrap_or(s)
 }
 
+/// A reader that fails once it has read `left` bytes; seeking is free.
+struct ReadBudget<R> {
+    inner: R,
+    left: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("read budget spent")]
+struct BudgetSpent;
+
+impl<R: Read> Read for ReadBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other(BudgetSpent));
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for ReadBudget<R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
 /// Reads a docker-archive.
 #[derive(Debug)]
 pub(crate) struct ArchiveSource {
@@ -79,9 +113,24 @@ impl ArchiveSource {
         let mut file = File::open(path).map_err(io)?;
         let mut members: HashMap<String, Member> = HashMap::new();
         {
-            let mut ar = tar::Archive::new(&mut file);
+            // Indexing seeks over member data and reads headers only; the tar parser reads
+            // extended headers (PAX, GNU long names) whole, so what it reads is capped.
+            let mut budget = ReadBudget {
+                inner: &mut file,
+                left: MAX_ARCHIVE_HEADER_BYTES,
+            };
+            let mut ar = tar::Archive::new(&mut budget);
             for entry in ar.entries_with_seek().map_err(io)? {
-                let entry = entry.map_err(|e| OciError::malformed("docker-archive", e))?;
+                let entry = entry.map_err(|e| {
+                    if e.get_ref().is_some_and(|e| e.is::<BudgetSpent>()) {
+                        OciError::TooLarge {
+                            what: "docker-archive headers",
+                            limit: MAX_ARCHIVE_HEADER_BYTES,
+                        }
+                    } else {
+                        OciError::malformed("docker-archive", e)
+                    }
+                })?;
                 let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
                 let kind = entry.header().entry_type();
                 let member = if kind.is_symlink() || kind.is_hard_link() {
@@ -104,6 +153,12 @@ impl ArchiveSource {
                 } else {
                     continue;
                 };
+                if members.len() as u64 >= MAX_ARCHIVE_MEMBERS && !members.contains_key(&name) {
+                    return Err(OciError::Unsupported {
+                        what: "docker-archive member count",
+                        value: format!("more than {MAX_ARCHIVE_MEMBERS}"),
+                    });
+                }
                 members.insert(name, member);
             }
         }
@@ -120,22 +175,24 @@ impl ArchiveSource {
                 what: format!("{name} in docker-archive {}", path.display()),
             })
         };
-        let mut read_member = |offset: u64, size: u64| -> Result<Vec<u8>, OciError> {
-            if size > MAX_DOCUMENT_SIZE {
-                return Err(OciError::Unsupported {
-                    what: "document size",
-                    value: size.to_string(),
-                });
-            }
-            file.seek(SeekFrom::Start(offset)).map_err(io)?;
-            let mut buf = Vec::new();
-            (&mut file).take(size).read_to_end(&mut buf).map_err(io)?;
-            Ok(buf)
-        };
+        // Members read whole are capped by the size their tar header declares.
+        let mut read_member =
+            |offset: u64, size: u64, what: &'static str, limit: u64| -> Result<Vec<u8>, OciError> {
+                check_declared(what, size, limit)?;
+                file.seek(SeekFrom::Start(offset)).map_err(io)?;
+                let mut buf = Vec::new();
+                (&mut file).take(size).read_to_end(&mut buf).map_err(io)?;
+                Ok(buf)
+            };
 
         let (_, off, size) = locate("manifest.json")?;
-        let entries: Vec<ManifestEntry> = serde_json::from_slice(&read_member(off, size)?)
-            .map_err(|e| OciError::malformed("docker-archive manifest.json", e))?;
+        let entries: Vec<ManifestEntry> = serde_json::from_slice(&read_member(
+            off,
+            size,
+            "docker-archive manifest.json",
+            MAX_MANIFEST_SIZE,
+        )?)
+        .map_err(|e| OciError::malformed("docker-archive manifest.json", e))?;
         let entry = match &repo_tag {
             Some(rt) => entries.iter().find(|e| {
                 e.repo_tags
@@ -162,7 +219,7 @@ impl ArchiveSource {
         })?;
 
         let (_, off, size) = locate(&entry.config)?;
-        let config_bytes = read_member(off, size)?;
+        let config_bytes = read_member(off, size, "image config", MAX_CONFIG_SIZE)?;
         let config_desc = Descriptor::of_bytes(media_type::DOCKER_CONFIG, &config_bytes);
         let mut blobs = HashMap::new();
         let mut layers = Vec::new();

@@ -56,6 +56,15 @@ pub enum OciError {
         /// The offending value.
         value: String,
     },
+    /// A document (manifest, index, config) is larger than its cap; nothing beyond the cap was
+    /// read. Permanent: the same input is refused again. The caps are in [`crate::limits`].
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// What was refused ("manifest", "index.json", "image config", ...).
+        what: &'static str,
+        /// The cap, in bytes.
+        limit: u64,
+    },
     /// A tag, digest or platform is not present in a local layout or archive.
     #[error("not found: {what}")]
     NotFound {

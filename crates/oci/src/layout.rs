@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::digest::Hasher;
-use crate::types::{media_type, MAX_DOCUMENT_SIZE, REF_NAME_ANNOTATION};
+use crate::limits::{
+    check_declared, read_capped, read_file_capped, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE,
+};
+use crate::types::{media_type, REF_NAME_ANNOTATION};
 use crate::{
     parse_manifest, BlobReader, Descriptor, Digest, ImageSink, ImageSource, Index, ManifestKind,
     OciError, Platform, PulledImage, PutOutcome,
@@ -157,16 +160,31 @@ impl OciDir {
     }
 
     /// Reads a whole blob into memory, verifying digest and size (for manifests and configs).
+    ///
+    /// A descriptor larger than [`MAX_CONFIG_SIZE`] is refused with [`OciError::TooLarge`]
+    /// before anything is read, and at most `desc.size + 1` bytes are read: a file longer than
+    /// its descriptor says is a [`OciError::SizeMismatch`] without being read whole.
     pub fn read_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, OciError> {
+        check_declared("blob read into memory", desc.size, MAX_CONFIG_SIZE)?;
         let path = self.blob_path(&desc.digest);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(OciError::BlobMissing {
                     digest: desc.digest.clone(),
                 })
             }
             Err(e) => return Err(OciError::io(&path, e)),
+        };
+        let bytes = match read_capped(file, "blob", desc.size, |e| OciError::io(&path, e)) {
+            Err(OciError::TooLarge { .. }) => {
+                return Err(OciError::SizeMismatch {
+                    digest: desc.digest.clone(),
+                    expected: desc.size,
+                    actual: desc.size + 1,
+                })
+            }
+            other => other?,
         };
         if bytes.len() as u64 != desc.size {
             return Err(OciError::SizeMismatch {
@@ -185,10 +203,10 @@ impl OciDir {
         Ok(bytes)
     }
 
-    /// The parsed `index.json`.
+    /// The parsed `index.json`; one larger than [`MAX_MANIFEST_SIZE`] is refused with
+    /// [`OciError::TooLarge`] after reading at most one byte more than the cap.
     pub fn index(&self) -> Result<Index, OciError> {
-        let path = self.index_path();
-        let bytes = fs::read(&path).map_err(|e| OciError::io(&path, e))?;
+        let bytes = read_file_capped(&self.index_path(), "index.json", MAX_MANIFEST_SIZE)?;
         match parse_manifest(&bytes, Some(media_type::OCI_INDEX)) {
             Ok(ManifestKind::Index(i)) => Ok(i),
             Ok(ManifestKind::Image(_)) => Err(OciError::malformed("index.json", "not an index")),
@@ -262,12 +280,7 @@ impl ImageSource for LayoutSource {
             let mut desc = dir.resolve(tag.as_deref())?;
             // Follow at most one level of index, as registries do.
             for _ in 0..2 {
-                if desc.size > MAX_DOCUMENT_SIZE {
-                    return Err(OciError::Unsupported {
-                        what: "document size",
-                        value: desc.size.to_string(),
-                    });
-                }
+                check_declared("manifest", desc.size, MAX_MANIFEST_SIZE)?;
                 let bytes = dir.read_blob(&desc)?;
                 match parse_manifest(&bytes, Some(&desc.media_type))? {
                     ManifestKind::Image(m) => {
@@ -307,10 +320,52 @@ impl ImageSource for LayoutSource {
 }
 
 /// Writes one image into an OCI layout.
+///
+/// A layout that does not exist yet is staged: it is written to a hidden
+/// `.NAME.partial-XXXXXX` directory beside it and renamed into place by
+/// [`ImageSink::finish`], so a failed or abandoned write leaves nothing under the name (the
+/// staging directory is removed when the sink is dropped). An existing layout is written in
+/// place: blobs first, each atomically, then `index.json` atomically; a failure can leave
+/// unreferenced blobs, never a tag pointing at an incomplete image.
 #[derive(Debug)]
 pub(crate) struct LayoutSink {
     pub(crate) dir: OciDir,
     pub(crate) tag: String,
+    /// For a new layout: the staging directory and where it goes on `finish`.
+    staged: std::sync::Mutex<Option<(tempfile::TempDir, PathBuf)>>,
+}
+
+impl LayoutSink {
+    pub(crate) fn open(path: &Path, tag: String) -> Result<Self, OciError> {
+        if fs::symlink_metadata(path).is_ok() {
+            return Ok(LayoutSink {
+                dir: OciDir::create(path)?,
+                tag,
+                staged: std::sync::Mutex::new(None),
+            });
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| OciError::io(&parent, e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "layout".into());
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{name}.partial-"))
+            .tempdir_in(&parent)
+            .map_err(|e| OciError::io(&parent, e))?;
+        // Temporary directories are private (0700); the layout gets the usual mode.
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        fs::set_permissions(staging.path(), mode).map_err(|e| OciError::io(staging.path(), e))?;
+        Ok(LayoutSink {
+            dir: OciDir::create(staging.path())?,
+            tag,
+            staged: std::sync::Mutex::new(Some((staging, path.to_path_buf()))),
+        })
+    }
 }
 
 #[async_trait]
@@ -336,6 +391,21 @@ impl ImageSink for LayoutSink {
     }
 
     async fn finish(&self) -> Result<(), OciError> {
+        let staged = self.staged.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((staging, dest)) = staged {
+            if fs::symlink_metadata(&dest).is_ok() {
+                // Created by someone else meanwhile: never merge into or replace it.
+                return Err(OciError::io(
+                    &dest,
+                    std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                ));
+            }
+            let staging = staging.keep();
+            if let Err(e) = fs::rename(&staging, &dest) {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(OciError::io(&dest, e));
+            }
+        }
         Ok(())
     }
 }

@@ -29,9 +29,17 @@
 //! * `oci-spec` (0.10) is not used either: it brings `derive_builder`, `getset`, `strum`,
 //!   `const_format` and `regex` for what are here about sixty lines of plain serde structs, and
 //!   we never re-serialize pulled documents, which is where typed structs would pay off.
+//! * Every document read whole into memory (manifest, index, `index.json`, a docker-archive's
+//!   `manifest.json`, config) is capped before it is read ([`limits`]: 4 MiB for manifests and
+//!   indexes, as containerd, 8 MiB for configs) and refused with [`OciError::TooLarge`].
+//! * Writing is all-or-nothing at the destination path: a new OCI layout is staged beside its
+//!   path and a docker-archive is written to a temporary file, both renamed into place by
+//!   [`ImageSink::finish`].
 //! * Known interoperability limit: skopeo 1.9 ignores OCI-layout `index.json` entries whose
 //!   media type is a Docker one, so images meant for skopeo should be written to OCI layouts
 //!   with OCI media types ([`ManifestFormat::Oci`] in the fixture builder).
+
+#![deny(missing_docs)]
 
 mod archive;
 mod copy;
@@ -40,6 +48,7 @@ mod digest;
 mod error;
 mod fixture;
 mod layout;
+pub mod limits;
 mod reference;
 mod registry;
 mod stream;
@@ -153,17 +162,18 @@ pub async fn open_source(
     })
 }
 
-/// Opens `r` for writing. OCI layouts are created if missing (an image without tag is tagged
-/// `latest`); a docker-archive is written by [`ImageSink::finish`].
+/// Opens `r` for writing. An image without tag is tagged `latest`. A missing OCI layout and
+/// a docker-archive only appear at their path in [`ImageSink::finish`]: a write that fails or
+/// is abandoned before leaves nothing there.
 pub async fn open_sink(
     r: &ImageReference,
     opts: &RegistryOptions,
 ) -> Result<Box<dyn ImageSink>, OciError> {
     Ok(match r {
-        ImageReference::OciLayout { path, tag } => Box::new(layout::LayoutSink {
-            dir: OciDir::create(path)?,
-            tag: tag.clone().unwrap_or_else(|| "latest".into()),
-        }),
+        ImageReference::OciLayout { path, tag } => Box::new(layout::LayoutSink::open(
+            path,
+            tag.clone().unwrap_or_else(|| "latest".into()),
+        )?),
         ImageReference::DockerArchive { path, repo_tag } => {
             Box::new(archive::ArchiveSink::new(path, repo_tag.clone())?)
         }
@@ -178,13 +188,12 @@ pub(crate) async fn finish_image(
     manifest_media_type: String,
     manifest: Manifest,
 ) -> Result<PulledImage, OciError> {
-    if manifest.config.size > types::MAX_DOCUMENT_SIZE {
-        return Err(OciError::Unsupported {
-            what: "config size",
-            value: manifest.config.size.to_string(),
-        });
-    }
+    limits::check_declared(
+        "image config",
+        manifest.config.size,
+        limits::MAX_CONFIG_SIZE,
+    )?;
     let reader = src.blob(&manifest.config).await?;
-    let config = stream::read_verified(reader, types::MAX_DOCUMENT_SIZE).await?;
+    let config = limits::read_capped_async(reader, "image config", limits::MAX_CONFIG_SIZE).await?;
     PulledImage::from_parts(manifest_bytes, manifest_media_type, manifest, config)
 }

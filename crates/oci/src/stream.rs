@@ -4,7 +4,7 @@ use std::io::{BufRead, Read};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 use crate::digest::Hasher;
 use crate::{Digest, OciError};
@@ -107,23 +107,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
     }
 }
 
-/// Reads a whole small blob (manifest or config) into memory, verifying it.
-pub(crate) async fn read_verified(mut r: BlobReader, limit: u64) -> Result<Vec<u8>, OciError> {
-    let mut out = Vec::new();
-    (&mut r)
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .await
-        .map_err(OciError::from_stream)?;
-    if out.len() as u64 > limit {
-        return Err(OciError::Unsupported {
-            what: "document size",
-            value: format!("more than {limit} bytes"),
-        });
-    }
-    Ok(out)
-}
-
 /// A compression format recognised by its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -188,6 +171,7 @@ pub async fn decompress_async<R: AsyncRead + Send + Unpin + 'static>(
 mod tests {
     use super::*;
     use std::io::Write;
+    use tokio::io::AsyncReadExt;
 
     async fn read_all(mut r: BlobReader) -> Result<Vec<u8>, std::io::Error> {
         let mut v = Vec::new();

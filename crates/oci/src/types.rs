@@ -386,9 +386,6 @@ impl PulledImage {
     }
 }
 
-/// The largest manifest, index or config document accepted from any transport.
-pub(crate) const MAX_DOCUMENT_SIZE: u64 = 8 * 1024 * 1024;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,10 @@ struct Fake {
     log: Vec<(String, Option<String>)>,
     /// Token requests seen: (query, authorization header).
     token_log: Vec<(Params, Option<String>)>,
+    /// Answer the first request for this path with 503 and `Retry-After: <seconds>`.
+    busy_once: Option<(String, u64)>,
+    /// When each request arrived.
+    times: Vec<std::time::Instant>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -50,6 +54,18 @@ async fn registry(
         .map(|p| p.to_string())
         .unwrap_or_default();
     f.log.push((format!("{method} {full}"), auth.clone()));
+    f.times.push(std::time::Instant::now());
+    if let Some((path, secs)) = f.busy_once.take() {
+        if path == uri.path() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", secs.to_string())],
+                "",
+            )
+                .into_response();
+        }
+        f.busy_once = Some((path, secs));
+    }
     if let Some(t) = &f.token {
         if auth.as_deref() != Some(&format!("Bearer {t}")) {
             let challenge = format!(
@@ -303,9 +319,9 @@ async fn server_errors_keep_status_and_code_after_retries() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        state.lock().unwrap().log.len(),
-        3,
-        "one try and two retries"
+        state.lock().unwrap().log.len() as u32,
+        1 + bru_core::retry::RetryPolicy::REQUEST.retries,
+        "one try and the policy's retries"
     );
 
     let e = open_source(&reference(&addr, ":busy"), &o)
@@ -501,4 +517,56 @@ async fn content_encoding_does_not_alter_blobs() {
         read_blob(src.as_ref(), &i.layer_desc).await.unwrap(),
         i.layer
     );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let i = img();
+    let (addr, state) = serve(Fake {
+        routes: routes(&i, i.layer.clone()),
+        busy_once: Some(("/v2/team/app/manifests/v1".into(), 2)),
+        ..Default::default()
+    })
+    .await;
+    let image = open_source(&reference(&addr, ":v1"), &options(&addr, None))
+        .await
+        .unwrap()
+        .image()
+        .await
+        .unwrap();
+    assert_eq!(image.config.diff_ids.len(), 1);
+    let f = state.lock().unwrap();
+    assert!(f.log[0].0.ends_with("/manifests/v1") && f.log[1].0.ends_with("/manifests/v1"));
+    // The retry waited for the 2 s the registry asked for, not the policy's 100-200 ms.
+    let waited = f.times[1] - f.times[0];
+    assert!(waited >= std::time::Duration::from_secs(2), "{waited:?}");
+}
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_before_it_is_read_whole() {
+    let i = img();
+    let mut r = routes(&i, i.layer.clone());
+    // 5 MiB of JSON whitespace: a valid document, above the 4 MiB cap.
+    let mut huge = i.manifest.clone();
+    huge.splice(1..1, std::iter::repeat_n(b' ', 5 * 1024 * 1024));
+    r.insert(
+        "/v2/team/app/manifests/huge".into(),
+        (200, media_type::DOCKER_MANIFEST.into(), huge),
+    );
+    let (addr, _state) = serve(Fake {
+        routes: r,
+        ..Default::default()
+    })
+    .await;
+    let e = open_source(&reference(&addr, ":huge"), &options(&addr, None))
+        .await
+        .unwrap()
+        .image()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, OciError::TooLarge { what: "manifest", limit } if limit == bru_oci::limits::MAX_MANIFEST_SIZE),
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
 }

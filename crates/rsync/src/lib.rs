@@ -9,12 +9,17 @@
 //! * [`DeviceCost`] and [`BasisLayout`] model what a device pays to apply each command, so that
 //!   [`diff_with_layout`] can minimise download plus apply time instead of bytes alone.
 
+#![deny(missing_docs)]
+
 mod device;
 mod encode;
 mod format;
 mod matcher;
+mod op;
+mod options;
 mod patch;
 mod refine;
+mod stitch;
 pub mod tar;
 
 pub use device::{

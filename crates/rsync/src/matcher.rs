@@ -20,70 +20,12 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::device::{BasisLayout, DeviceCost};
-use crate::encode::{DeltaStats, DeltaWriter};
+use crate::device::BasisLayout;
+use crate::encode::DeltaStats;
+use crate::op::Op;
+pub use crate::options::MatchOptions;
 use crate::refine::Refiner;
-
-/// Tuning of the matcher. The defaults were chosen from measurements (see `DESIGN.md`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MatchOptions {
-    /// Length of the rolling-hash window of the global index.
-    pub window: usize,
-    /// About one basis position in `anchor_spacing` is indexed (a power of two).
-    pub anchor_spacing: usize,
-    /// Upper bound of the global table, in bytes (rounded down to a power of two of `u32` slots).
-    pub max_index_bytes: usize,
-    /// Window of the dense per-hint index (4–8 bytes).
-    pub hint_window: usize,
-    /// Longest hash chain walked in a hint index.
-    pub max_chain: usize,
-    /// Largest number of positions indexed per hint; longer hinted ranges are sampled.
-    pub max_hint_positions: usize,
-    /// Shortest COPY emitted from the global or hint index.
-    pub min_copy: usize,
-    /// Shortest COPY emitted on the diagonal of a recent COPY.
-    pub min_rep_copy: usize,
-    /// Target bytes matched per work item; fixed so that output does not depend on `threads`.
-    pub chunk_size: usize,
-    /// Worker threads for index build and matching (0 = available parallelism).
-    pub threads: usize,
-    /// Second pass: where short COPYs are dense, keep whichever of the COPYs, only the longer
-    /// COPYs, or a plain literal deflates smallest (see `DESIGN.md`).
-    pub refine: bool,
-    /// Minimise download plus the device's apply cost instead of bytes alone (see
-    /// [`DeviceCost`]); `None` minimises the compressed delta size.
-    pub device: Option<DeviceCost>,
-}
-
-impl Default for MatchOptions {
-    fn default() -> Self {
-        Self {
-            window: 32,
-            anchor_spacing: 32,
-            max_index_bytes: 32 << 20,
-            hint_window: 8,
-            max_chain: 32,
-            max_hint_positions: 1 << 22,
-            min_copy: 12,
-            min_rep_copy: 8,
-            chunk_size: 4 << 20,
-            threads: 0,
-            refine: true,
-            device: None,
-        }
-    }
-}
-
-impl MatchOptions {
-    fn thread_count(&self) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
-    }
-}
+use crate::stitch::stitch;
 
 /// "This target range probably resembles this basis range" (e.g. a file's old version).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,15 +437,6 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
         .count()
 }
 
-/// One command of a chunk's result: `len` target bytes at `target`, copied from `basis` or
-/// carried as a literal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Op {
-    pub(crate) target: usize,
-    pub(crate) len: usize,
-    pub(crate) basis: Option<usize>,
-}
-
 /// Dense hash-chain index of one hinted basis range (reused between hints of a worker).
 #[derive(Debug, Default)]
 struct HintIndex {
@@ -584,7 +517,7 @@ pub fn diff_with_layout<W: Write>(
     let hints = normalize_hints(hints, index.basis.len(), target.len());
     let results = match_chunks(index, &[(target, &hints[..])], layout)?;
     let ops = results.into_iter().next().unwrap_or_default();
-    stitch(index, target, hints.len(), ops, out)
+    stitch(index.basis, target, hints.len(), ops, out)
 }
 
 /// Several independent [`diff_with_layout`] calls at once: `jobs` are `(target, hints)` pairs,
@@ -612,7 +545,7 @@ pub fn diff_many_with_layout(
         .zip(&normalized)
         .map(|(ops, (target, hints))| {
             let mut out = Vec::new();
-            let stats = stitch(index, target, hints.len(), ops, &mut out)?;
+            let stats = stitch(index.basis, target, hints.len(), ops, &mut out)?;
             Ok((out, stats))
         })
         .collect()
@@ -676,74 +609,6 @@ fn match_chunks(
         per_job[j].push(ops);
     }
     Ok(per_job)
-}
-
-/// Writes the chunk results of one target as a delta stream, merging across chunk borders.
-fn stitch<W: Write>(
-    index: &BasisIndex,
-    target: &[u8],
-    hint_count: usize,
-    results: Vec<Vec<Op>>,
-    out: W,
-) -> io::Result<DeltaStats> {
-    let mut w = DeltaWriter::new(out)?;
-    let mut pending: Option<(usize, usize)> = None;
-    // Basis end of the COPY just written: chunks are matched independently, so a
-    // chunk may start with literal bytes that continue the previous chunk's last COPY.
-    let mut copy_end: Option<usize> = None;
-    for ops in results {
-        for op in ops {
-            match op.basis {
-                None => {
-                    let (mut start, mut len) = (op.target, op.len);
-                    if let (None, Some(end)) = (pending, copy_end) {
-                        let old = index.basis.get(end..).unwrap_or_default();
-                        let new = &target[start..start + len];
-                        let k = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-                        if k > 0 {
-                            w.copy(end as u64, k as u64)?;
-                            copy_end = Some(end + k);
-                            start += k;
-                            len -= k;
-                        }
-                    }
-                    if len == 0 {
-                        continue;
-                    }
-                    copy_end = None;
-                    match &mut pending {
-                        Some((s, l)) if *s + *l == start => *l += len,
-                        _ => {
-                            if let Some((s, l)) = pending.take() {
-                                w.literal(&target[s..s + l])?;
-                            }
-                            pending = Some((start, len));
-                        }
-                    }
-                }
-                Some(basis) => {
-                    if let Some((s, l)) = pending.take() {
-                        w.literal(&target[s..s + l])?;
-                    }
-                    w.copy(basis as u64, op.len as u64)?;
-                    copy_end = Some(basis + op.len);
-                }
-            }
-        }
-    }
-    if let Some((s, l)) = pending {
-        w.literal(&target[s..s + l])?;
-    }
-    let (_, stats) = w.finish_with_stats()?;
-    tracing::debug!(
-        target_bytes = target.len(),
-        hints = hint_count,
-        copy_ops = stats.copy_ops,
-        literal_bytes = stats.literal_bytes,
-        delta_bytes = stats.delta_bytes,
-        "delta written"
-    );
-    Ok(stats)
 }
 
 /// Sorted, non-overlapping hints with in-bounds ranges, as `(target range, basis range)`.

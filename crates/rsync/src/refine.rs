@@ -14,7 +14,8 @@ use flate2::{Compress, Compression, FlushCompress};
 
 use crate::device::{BasisLayout, DeviceCost};
 use crate::encode::DeltaWriter;
-use crate::matcher::{MatchOptions, Op};
+use crate::op::Op;
+use crate::options::MatchOptions;
 
 /// Without a device: COPYs at least this long always stay and delimit regions.
 const KEEP_LEN: usize = 128;

@@ -1,10 +1,11 @@
 //! Registry images named in requests, recorded in the store on first sight.
 //!
-//! The store keeps images as parts of releases, so an image first seen in a request is
-//! recorded as a one-image release: fleet `HOST/REPO` (the image's own repository),
-//! service named after the repository's last path component, commit = the hex digits of
-//! the manifest digest. The same image in the same repository is therefore recorded once,
-//! and it is found again by its digest without asking the registry.
+//! They are recorded as *images*, not releases: under a fleet named after the image's own
+//! repository (`HOST/REPO`) and a service named after its last path component, pinned to
+//! the manifest digest (`HOST/REPO@sha256:…`), and belonging to no release, so that release
+//! listings (and the original npm tool reading them) never show them. The same image in
+//! the same repository is recorded once, and a request by digest finds it again without
+//! asking the registry.
 
 use bru_oci::{OciError, RegistryOptions, RegistryReference};
 use bru_service::{resolve_image, ImageRecord, ServiceError, Store};
@@ -18,63 +19,47 @@ pub(crate) async fn registry_image(
     registry: &RegistryOptions,
     r: &RegistryReference,
 ) -> Result<ImageRecord, ApiError> {
-    let fleet = fleet_of(r);
     if let Some(d) = &r.digest {
-        if let Some(found) = find(store, &fleet, &d.hex()).await? {
+        if let Some(found) = by_location(store, &pinned(r, d.clone())).await? {
             return Ok(found);
         }
     }
-    let service = service_of(r);
-    let mut image = resolve_image(&service, &r.to_string(), registry)
+    let mut image = resolve_image(&service_of(r), &r.to_string(), registry)
         .await
         .map_err(read_error)?;
-    let commit = image
+    let digest = image
         .content_hash
-        .strip_prefix("sha256:")
-        .unwrap_or(&image.content_hash)
-        .to_string();
-    if let Some(found) = find(store, &fleet, &commit).await? {
+        .parse()
+        .map_err(|e: OciError| ApiError::internal(&e))?;
+    // Pin the digest: a tag may move, the recorded image must not.
+    image.location = pinned(r, digest);
+    if let Some(found) = by_location(store, &image.location).await? {
         return Ok(found);
     }
-    // Pin the digest: a tag may move, the recorded image must not.
-    let pinned = RegistryReference {
-        tag: None,
-        digest: Some(
-            image
-                .content_hash
-                .parse()
-                .map_err(|e: OciError| ApiError::internal(&e))?,
-        ),
-        ..r.clone()
-    };
-    image.location = pinned.to_string();
-    match store.add_release(&fleet, &commit, vec![image]).await {
-        Ok(mut release) if release.images.len() == 1 => {
-            tracing::info!(location = %pinned, "recorded a new image");
-            Ok(release.images.remove(0))
-        }
-        Ok(_) => Err(ApiError::internal(&"unexpected release shape")),
-        // Recorded meanwhile by a concurrent request.
-        Err(ServiceError::ReleaseExists { .. }) => find(store, &fleet, &commit)
-            .await?
-            .ok_or_else(|| ApiError::internal(&"a recorded image vanished")),
-        Err(e) => Err(ApiError::service(&e)),
-    }
-}
-
-async fn find(
-    store: &dyn Store,
-    fleet: &str,
-    commit: &str,
-) -> Result<Option<ImageRecord>, ApiError> {
-    let releases = store
-        .releases_by_commit(commit)
+    let location = image.location.clone();
+    let recorded = store
+        .add_image(&fleet_of(r), image)
         .await
         .map_err(|e| ApiError::service(&e))?;
-    Ok(releases
-        .into_iter()
-        .find(|rel| rel.fleet == fleet && rel.commit == commit)
-        .and_then(|mut rel| rel.images.pop()))
+    tracing::info!(%location, id = recorded.id, "recorded a new image");
+    Ok(recorded)
+}
+
+/// `HOST/REPO@DIGEST`.
+fn pinned(r: &RegistryReference, digest: bru_oci::Digest) -> String {
+    RegistryReference {
+        tag: None,
+        digest: Some(digest),
+        ..r.clone()
+    }
+    .to_string()
+}
+
+async fn by_location(store: &dyn Store, location: &str) -> Result<Option<ImageRecord>, ApiError> {
+    store
+        .image_by_location(location)
+        .await
+        .map_err(|e| ApiError::service(&e))
 }
 
 /// `HOST/REPO`, shortened to the store's 128-character fleet names.

@@ -129,6 +129,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bru_core::retry::RetryPolicy;
 use bru_oci::{ImageReference, RegistryOptions, RegistryReference};
 use bru_service::{
     Bandwidth, BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord, ServiceError,
@@ -206,6 +207,9 @@ pub struct ServerConfig {
     pub build_timeout: Duration,
     /// A build without progress for this long is given up (default 10 min).
     pub stall_timeout: Duration,
+    /// How a build retries its transient failures before it is given up (default
+    /// [`RetryPolicy::BUILD`]).
+    pub build_retry: RetryPolicy,
 }
 
 impl ServerConfig {
@@ -224,6 +228,7 @@ impl ServerConfig {
             tag_ttl: Duration::from_secs(30),
             build_timeout: Duration::from_secs(2 * 60 * 60),
             stall_timeout: Duration::from_secs(10 * 60),
+            build_retry: RetryPolicy::BUILD,
         }
     }
 }
@@ -252,6 +257,7 @@ impl Server {
         builder.progress = Some(Arc::new(BuildHook(Arc::clone(&metrics))));
         builder.build_timeout = config.build_timeout;
         builder.stall_timeout = config.stall_timeout;
+        builder.retry = config.build_retry;
         // Heartbeat well within the stale limit, so live builds are never taken over.
         builder.heartbeat_interval = (config.policy.stale_after / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -456,7 +462,7 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(after) = self.retry_after {
-            let secs = after.as_secs().max(1) + u64::from(after.subsec_nanos() > 0);
+            let secs = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -573,6 +579,17 @@ async fn answer(
             ApiError::new(503, "the registry did not answer in time")
                 .retry_after(TRANSIENT_RETRY_AFTER)
         })??;
+    // A delta of images that are not on a registry (OCI layouts, archives of the store)
+    // would be written where no device can pull it.
+    for side in [&src, &dest] {
+        if side.registry.is_none() {
+            return Err(ApiError::new(
+                422,
+                "the image is not on a registry; devices cannot pull its delta",
+            )
+            .detail(format!("image {}", side.image.id)));
+        }
+    }
     let deadline = started + state.config.poll.min(MAX_POLL);
     wait_for_delta(state, &src.image, &dest.image, deadline).await
 }

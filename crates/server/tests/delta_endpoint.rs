@@ -267,18 +267,24 @@ async fn concurrent_requests_build_once_and_ids_work_without_auth() {
         "{metrics}"
     );
 
-    // The two images were recorded once each; their store ids name the same delta.
-    let releases = server.backend().store().list_releases(None).await.unwrap();
-    assert_eq!(releases.len(), 2, "{releases:?}");
-    let id_of = |repo: &str| {
-        releases
-            .iter()
-            .flat_map(|r| &r.images)
-            .find(|i| i.location.contains(repo))
-            .unwrap()
-            .id
-    };
-    let (src_id, dest_id) = (id_of(&images.src_repo), id_of(&images.dest_repo));
+    // The two images were recorded once each, as images of no release (the original npm
+    // tool must not list them as releases); their store ids name the same delta.
+    let store = server.backend().store();
+    let releases = store.list_releases(None).await.unwrap();
+    assert!(releases.is_empty(), "{releases:?}");
+    let src_id = store
+        .image_by_location(&images.src)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let dest_id = store
+        .image_by_location(&images.dest)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert_ne!(src_id, dest_id);
     let (status, by_id) = ask(addr, &src_id.to_string(), &dest_id.to_string(), None).await;
     assert_eq!((status, &by_id), (200, &body));
     let (status, _) = ask(addr, "999999", &dest_id.to_string(), None).await;
@@ -415,29 +421,135 @@ async fn an_unreachable_registry_is_503_and_a_missing_image_404() {
 }
 
 #[tokio::test]
-async fn a_failed_build_is_422_and_remembered() {
+async fn an_interrupted_build_is_503_with_retry_after_and_not_remembered() {
     let registry = TestRegistry::shared();
     let images = push_images(&registry).await;
-    let (addr, server, _store) = start(&images, Auth::None, Duration::ZERO).await;
-    // Two store images in an OCI layout that disappears before the build reads it.
-    let layout_dir = tempfile::tempdir().unwrap();
-    let layout = OciDir::create(layout_dir.path()).unwrap();
-    for (tag, byte) in [("v1", 1u8), ("v2", 2u8)] {
-        let spec = ImageSpec::new(vec![tar_of(&[("f", &[byte; 100])])]);
-        layout.write_image(tag, &spec).unwrap();
-    }
+    let proxy = bru_test_support::FaultProxy::start(&registry.addr);
+    let store = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(store.path(), Auth::None);
+    config.registry = images.opts.clone();
+    config.registry.insecure.push(proxy.addr.clone());
+    config.allowed_registries = vec![proxy.addr.clone()];
+    config.poll = Duration::ZERO;
+    config.build_retry = bru_core::retry::RetryPolicy {
+        base: Duration::from_millis(10),
+        max_delay: Duration::from_millis(10),
+        retries: 1,
+    };
+    config.policy.retry_interrupted = bru_core::retry::RetryPolicy {
+        base: Duration::from_millis(500),
+        max_delay: Duration::from_millis(500),
+        retries: u32::MAX,
+    };
+    let server = Server::open(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.clone().serve(listener, std::future::pending()));
+    // The images as the device names them: through the proxy.
+    let via = |r: &str| r.replacen(&images.registry, &proxy.addr, 1);
+    let (src, dest) = (via(&images.src), via(&images.dest));
     let mut ids = Vec::new();
-    for (commit, tag) in [("aaaa01", "v1"), ("aaaa02", "v2")] {
-        let reference = format!("oci:{}:{tag}", layout_dir.path().display());
+    for (commit, reference) in [("bbbb01", &src), ("bbbb02", &dest)] {
         let release = server
             .backend()
-            .add_release("gone", commit, &[("main".into(), reference)])
+            .add_release("fleet", commit, &[("main".into(), reference.clone())])
             .await
             .unwrap();
         ids.push(release.images[0].id.to_string());
     }
-    let layout_path = layout_dir.path().display().to_string();
-    drop(layout_dir);
+
+    // The registry goes down: the build is interrupted, and devices are told to come back.
+    proxy.set(bru_test_support::ProxyMode::Refuse);
+    let url = format!("http://{addr}/api/v3/delta?src={}&dest={}", ids[0], ids[1]);
+    let mut answer = None;
+    for _ in 0..600 {
+        let resp = reqwest::get(&url).await.unwrap();
+        if resp.status().as_u16() != 504 {
+            answer = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = answer.expect("the build never ended");
+    assert_eq!(resp.status().as_u16(), 503);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry_after, 1, "500 ms rounds up to one second");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("interrupted"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&proxy.addr), "{body}");
+    let (_, metrics) = get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains("bru_delta_builds_failed_total 0\n"),
+        "{metrics}"
+    );
+
+    // The registry is back: after the back-off the pair is built, not refused with 422.
+    proxy.set(bru_test_support::ProxyMode::Pass);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, body, _) = poll_until_ready(addr, &ids[0], &ids[1], None).await;
+    assert_eq!(status, 200, "{body}");
+    // Two attempts in the interrupted run (one retry), one after the back-off.
+    assert_eq!(server.backend().builder().builds_started(), 3);
+}
+
+/// Pushes an image whose config lists a wrong DiffID for its layer: the registry stores
+/// it, and every build from or to it fails for good.
+async fn push_bad_image(images: &Images, repo: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = bru_oci::gzip_bytes(&tar_of(&[("f", b"content")]));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [bru_oci::Digest::of(b"not the layer")]}
+    }))
+    .unwrap();
+    let layer_desc = bru_oci::Descriptor::of_bytes(bru_oci::media_type::DOCKER_LAYER_GZIP, &layer);
+    let config_desc = bru_oci::Descriptor::of_bytes(bru_oci::media_type::DOCKER_CONFIG, &config);
+    let manifest = bru_oci::Manifest::new(
+        bru_oci::media_type::DOCKER_MANIFEST,
+        config_desc.clone(),
+        vec![layer_desc.clone()],
+    )
+    .to_json();
+    let reference = format!("{}/{repo}:bad", images.registry);
+    let sink = open_sink(&reference.parse().unwrap(), &images.opts)
+        .await
+        .unwrap();
+    for (bytes, desc) in [(&layer, &layer_desc), (&config, &config_desc)] {
+        let path = dir.path().join(desc.digest.hex());
+        std::fs::write(&path, bytes).unwrap();
+        sink.put_blob(&path, desc).await.unwrap();
+    }
+    sink.put_manifest(&manifest, bru_oci::media_type::DOCKER_MANIFEST)
+        .await
+        .unwrap();
+    sink.finish().await.unwrap();
+    reference
+}
+
+#[tokio::test]
+async fn a_failed_build_is_422_and_remembered() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let (addr, server, _store) = start(&images, Auth::None, Duration::ZERO).await;
+    // A good source and a target whose layer does not match its config: a permanent failure.
+    let bad = push_bad_image(&images, &images.dest_repo).await;
+    let mut ids = Vec::new();
+    for (commit, reference) in [("aaaa01", images.src.clone()), ("aaaa02", bad)] {
+        let release = server
+            .backend()
+            .add_release("bad", commit, &[("main".into(), reference)])
+            .await
+            .unwrap();
+        ids.push(release.images[0].id.to_string());
+    }
+    let layout_path = images.registry.clone();
 
     let (status, body, _) = poll_until_ready(addr, &ids[0], &ids[1], None).await;
     assert_eq!(status, 422, "{body}");
@@ -445,10 +557,11 @@ async fn a_failed_build_is_422_and_remembered() {
         body["error"].as_str().unwrap().contains("build failed"),
         "{body}"
     );
-    // The build error names the vanished layout: that goes to the log, not to the device.
+    // The build error names the registry and the digests: that goes to the log, not to
+    // the device.
     let text = body.to_string();
     assert!(
-        !text.contains(&layout_path) && !text.contains("oci:"),
+        !text.contains(&layout_path) && !text.contains("sha256:"),
         "{text}"
     );
     assert!(
@@ -470,6 +583,39 @@ async fn a_failed_build_is_422_and_remembered() {
         metrics.contains("bru_delta_builds_succeeded_total 0\n"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn store_images_not_on_a_registry_are_422_for_devices() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let (addr, server, _store) = start(&images, Auth::None, Duration::ZERO).await;
+    let layout_dir = tempfile::tempdir().unwrap();
+    let layout = OciDir::create(layout_dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for (commit, tag, byte) in [("cccc01", "v1", 1u8), ("cccc02", "v2", 2u8)] {
+        let spec = ImageSpec::new(vec![tar_of(&[("f", &[byte; 100])])]);
+        layout.write_image(tag, &spec).unwrap();
+        let reference = format!("oci:{}:{tag}", layout_dir.path().display());
+        let release = server
+            .backend()
+            .add_release("local", commit, &[("main".into(), reference)])
+            .await
+            .unwrap();
+        ids.push(release.images[0].id.to_string());
+    }
+    let (status, body) = ask(addr, &ids[0], &ids[1], None).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not on a registry"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("oci:"), "{body}");
+    // Nothing was built for a delta no device could pull.
+    assert_eq!(server.backend().builder().builds_started(), 0);
 }
 
 #[tokio::test]

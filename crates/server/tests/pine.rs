@@ -9,9 +9,17 @@ use bru_oci::{tar_of, ImageSpec, OciDir};
 use bru_server::{Auth, Server, ServerConfig};
 
 async fn start(auth: Auth) -> (std::net::SocketAddr, Server, tempfile::TempDir) {
+    start_with(auth, bru_oci::RegistryOptions::default()).await
+}
+
+async fn start_with(
+    auth: Auth,
+    registry: bru_oci::RegistryOptions,
+) -> (std::net::SocketAddr, Server, tempfile::TempDir) {
     let store = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::new(store.path(), auth);
     config.poll = Duration::ZERO;
+    config.registry = registry;
     let server = Server::open(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -21,16 +29,27 @@ async fn start(auth: Auth) -> (std::net::SocketAddr, Server, tempfile::TempDir) 
 
 #[tokio::test]
 async fn the_balena_client_reads_releases_images_and_deltas() {
-    let (addr, server, store) = start(Auth::None).await;
+    // The images live on a registry, as a fleet's do: a delta of images that are not on a
+    // registry is refused (422), since no device could pull it.
+    let registry = bru_test_support::TestRegistry::shared();
+    let mut opts = bru_oci::RegistryOptions::default();
+    opts.insecure = vec![registry.addr.clone()];
+    let (addr, server, store) = start_with(Auth::None, opts.clone()).await;
     let layout = store.path().join("images");
     let oci = OciDir::create(&layout).unwrap();
+    let repo = bru_test_support::unique_repo("pine");
     for (tag, byte) in [("v1", 1u8), ("v2", 2u8)] {
         let spec = ImageSpec::new(vec![tar_of(&[("f", &[byte; 4000])])]);
         oci.write_image(tag, &spec).unwrap();
+        let from = format!("oci:{}:{tag}", layout.display()).parse().unwrap();
+        let to = format!("{}/{repo}:{tag}", registry.addr).parse().unwrap();
+        let src = bru_oci::open_source(&from, &opts).await.unwrap();
+        let sink = bru_oci::open_sink(&to, &opts).await.unwrap();
+        bru_oci::copy_image(&*src, &*sink).await.unwrap();
     }
     let mut releases = Vec::new();
     for (commit, tag) in [("84d3d8f0aa", "v1"), ("84d3d8f0bb", "v2")] {
-        let reference = format!("oci:{}:{tag}", layout.display());
+        let reference = format!("{}/{repo}:{tag}", registry.addr);
         releases.push(
             server
                 .backend()

@@ -73,10 +73,24 @@ impl BuilderConfig {
     }
 }
 
-/// The tag of the delta from the image with manifest digest `src` to the one with `dest`:
-/// `delta-` and the first 16 hex digits of sha256 of `"<src> <dest> v3"`.
+/// The tag of the delta from the image with manifest digest `src` to the one with `dest`,
+/// built for devices at the default bandwidth (1 MB/s): `delta-` and the first 16 hex
+/// digits of sha256 of `"<src> <dest> v3"`.
 pub fn delta_tag(src: &str, dest: &str) -> String {
-    let hash = Sha256::digest(format!("{src} {dest} v3").as_bytes());
+    delta_tag_for(src, dest, Some(Bandwidth::default()))
+}
+
+/// The tag of the delta from `src` to `dest` built for `bandwidth` (`None`: fewest bytes).
+/// Deltas for other bandwidths differ in their bytes, so they get other tags: the hash
+/// input gains ` <bytes per second>` or ` fewest-bytes`. The default bandwidth keeps
+/// [`delta_tag`]'s form, so existing deltas keep their names.
+pub fn delta_tag_for(src: &str, dest: &str, bandwidth: Option<Bandwidth>) -> String {
+    let input = match bandwidth {
+        Some(b) if b == Bandwidth::default() => format!("{src} {dest} v3"),
+        Some(b) => format!("{src} {dest} v3 {}", b.bytes_per_second()),
+        None => format!("{src} {dest} v3 fewest-bytes"),
+    };
+    let hash = Sha256::digest(input.as_bytes());
     format!("delta-{}", &hex::encode(hash)[..16])
 }
 
@@ -106,17 +120,19 @@ impl DeltaBuilder {
         self.started.load(Ordering::Relaxed)
     }
 
-    /// Where the delta from `src` to `dest` goes, and the location recorded for it.
+    /// Where the delta from `src` to `dest` built for `bandwidth` goes, and the location
+    /// recorded for it.
     ///
     /// Registry images: the destination repository on the destination's registry, tagged
-    /// [`delta_tag`]; the location is `HOST/REPO:TAG` (what a device pulls). Other images:
-    /// an OCI layout under [`BuilderConfig::delta_dir`].
+    /// [`delta_tag_for`]; the location is `HOST/REPO:TAG` (what a device pulls). Other
+    /// images: an OCI layout under [`BuilderConfig::delta_dir`].
     pub fn output_for(
         &self,
         src: &ImageRecord,
         dest: &ImageRecord,
+        bandwidth: Option<Bandwidth>,
     ) -> Result<(ImageReference, String), ServiceError> {
-        let tag = delta_tag(&src.content_hash, &dest.content_hash);
+        let tag = delta_tag_for(&src.content_hash, &dest.content_hash, bandwidth);
         let dest_ref = parse(dest)?;
         Ok(match dest_ref {
             ImageReference::Registry(r) => {
@@ -150,7 +166,7 @@ impl DeltaBuilder {
         progress: Arc<dyn Progress>,
     ) -> Result<(String, u64), ServiceError> {
         self.started.fetch_add(1, Ordering::Relaxed);
-        let (out, location) = self.output_for(src, dest)?;
+        let (out, location) = self.output_for(src, dest, device_bandwidth)?;
         let opts = &self.config.registry;
         let source = open_pinned(src, opts).await?;
         let target = open_pinned(dest, opts).await?;
@@ -216,6 +232,20 @@ impl DeltaBuilder {
                 },
                 activity: Arc::clone(&activity),
             });
+            // The same contents under other image ids: reuse their delta when it is where
+            // this pair's would go (same repository, same tag: same contents, same
+            // bandwidth).
+            let (_, location) = self.output_for(&src, &dest, bandwidth)?;
+            let same = store
+                .deltas_by_content(&src.content_hash, &dest.content_hash, row.version)
+                .await?;
+            if let Some(done) = same
+                .into_iter()
+                .find(|d| d.location.as_deref() == Some(location.as_str()))
+            {
+                tracing::info!(delta = row.id, reused = done.id, %location, "same contents: reusing a delta");
+                return Ok((location, done.size.unwrap_or(0)));
+            }
             let mut retry = 0;
             loop {
                 activity.touch();
@@ -381,4 +411,22 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_tags_differ_by_contents_and_bandwidth_and_keep_the_default_form() {
+        let (a, b) = ("sha256:aa", "sha256:bb");
+        let default = delta_tag(a, b);
+        assert_eq!(default, delta_tag_for(a, b, Some(Bandwidth::default())));
+        assert_eq!(default.len(), "delta-".len() + 16);
+        let fast = delta_tag_for(a, b, Some("100".parse().unwrap()));
+        let fewest = delta_tag_for(a, b, None);
+        let swapped = delta_tag(b, a);
+        let all: std::collections::HashSet<_> = [&default, &fast, &fewest, &swapped].into();
+        assert_eq!(all.len(), 4);
+    }
 }

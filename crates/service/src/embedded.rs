@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bru_core::retry::RetryPolicy;
 use bru_core::{Delta, DeltaService, DeltaTrigger, Image, Release, ReleaseSource, ServiceImage};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -43,14 +42,6 @@ pub enum DeltaRequest {
         error: String,
     },
 }
-
-/// Back-off between builds of a pair interrupted by transient failures: from 30 s,
-/// doubling, at most 10 minutes apart, with jitter.
-const INTERRUPTED_BACKOFF: RetryPolicy = RetryPolicy {
-    base: Duration::from_secs(30),
-    max_delay: Duration::from_secs(10 * 60),
-    retries: u32::MAX,
-};
 
 /// A pair whose last build here was interrupted.
 #[derive(Debug, Clone)]
@@ -285,6 +276,7 @@ impl Embedded {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key);
+        let backoff = self.policy.retry_interrupted;
         let (store, builder, owner, inflight, interrupted) = (
             Arc::clone(&self.store),
             Arc::clone(&self.builder),
@@ -305,9 +297,9 @@ impl Embedded {
                 }
                 Err(e) if e.is_transient() => {
                     let failures = interrupted.get(&key).map_or(0, |i| i.failures) + 1;
-                    let delay = INTERRUPTED_BACKOFF
+                    let delay = backoff
                         .delay(failures, None)
-                        .unwrap_or(INTERRUPTED_BACKOFF.max_delay);
+                        .unwrap_or(backoff.max_delay);
                     tracing::warn!(delta = row.id, error = %chain(&e), ?delay, "build interrupted; will build again");
                     interrupted.insert(
                         key,

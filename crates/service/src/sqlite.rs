@@ -81,6 +81,22 @@ CREATE INDEX deltas_by_pair ON deltas (originates_from__image, produces__image, 
 -- Download bandwidth of the fleet's devices in bytes per second (NULL: the builder's default).
 ALTER TABLE fleets ADD COLUMN device_bandwidth INTEGER;
 "#,
+    r#"
+-- Registry images are found by their pinned location (HOST/REPO@sha256:...).
+CREATE INDEX images_by_location ON images (location);
+-- Images first seen by the delta endpoint used to be recorded as one-image releases of a
+-- fleet named after their repository, commit = the digest's hex; they are images only.
+CREATE TEMP TABLE registry_pseudo_releases AS
+    SELECT releases.id AS id FROM releases
+    JOIN fleets ON fleets.id = releases.fleet
+    JOIN release_images ON release_images.release = releases.id
+    JOIN images ON images.id = release_images.image
+    WHERE images.location = fleets.name || '@' || images.content_hash
+      AND releases."commit" = substr(images.content_hash, 8);
+DELETE FROM release_images WHERE release IN (SELECT id FROM registry_pseudo_releases);
+DELETE FROM releases WHERE id IN (SELECT id FROM registry_pseudo_releases);
+DROP TABLE registry_pseudo_releases;
+"#,
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -474,6 +490,105 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn add_image(&self, fleet: &str, image: NewImage) -> Result<ImageRecord, ServiceError> {
+        let fleet = fleet.to_string();
+        let id = self
+            .call(move |c| {
+                let now = now_ms();
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // Recorded meanwhile by a concurrent request: that record is the image.
+                let found: Option<u64> = tx
+                    .query_row(
+                        "SELECT id FROM images WHERE location = ?1 AND status = 'success'
+                         ORDER BY id LIMIT 1",
+                        [&image.location],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = found {
+                    return Ok(id);
+                }
+                tx.execute(
+                    "INSERT INTO fleets (name, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![fleet, now],
+                )?;
+                tx.execute(
+                    "INSERT INTO services (fleet, service_name)
+                     SELECT id, ?2 FROM fleets WHERE name = ?1
+                     ON CONFLICT (fleet, service_name) DO NOTHING",
+                    params![fleet, image.service_name],
+                )?;
+                tx.execute(
+                    "INSERT INTO images (service, location, content_hash, image_size, status,
+                                         created_at)
+                     SELECT services.id, ?3, ?4, ?5, 'success', ?6 FROM services
+                     JOIN fleets ON fleets.id = services.fleet
+                     WHERE fleets.name = ?1 AND services.service_name = ?2",
+                    params![
+                        fleet,
+                        image.service_name,
+                        image.location,
+                        image.content_hash,
+                        image.image_size,
+                        now
+                    ],
+                )?;
+                let id = tx.last_insert_rowid() as u64;
+                tx.commit()?;
+                Ok(id)
+            })
+            .await?;
+        self.image(id)
+            .await?
+            .ok_or(ServiceError::UnknownImage { id })
+    }
+
+    async fn image_by_location(&self, location: &str) -> Result<Option<ImageRecord>, ServiceError> {
+        let location = location.to_string();
+        self.call(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {IMAGE_COLUMNS} FROM images
+                     JOIN services ON services.id = images.service
+                     WHERE images.location = ?1 AND images.status = 'success'
+                     ORDER BY images.id LIMIT 1"
+                ),
+                [location],
+                image_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn deltas_by_content(
+        &self,
+        src_hash: &str,
+        dest_hash: &str,
+        version: u32,
+    ) -> Result<Vec<DeltaRecord>, ServiceError> {
+        let (src_hash, dest_hash) = (src_hash.to_string(), dest_hash.to_string());
+        self.call(move |c| {
+            let columns = DELTA_COLUMNS
+                .split(", ")
+                .map(|col| format!("deltas.{col}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {columns} FROM deltas
+                 JOIN images AS s ON s.id = deltas.originates_from__image
+                 JOIN images AS d ON d.id = deltas.produces__image
+                 WHERE s.content_hash = ?1 AND d.content_hash = ?2 AND deltas.version = ?3
+                   AND deltas.status = 'success'
+                 ORDER BY deltas.id DESC LIMIT 16"
+            ))?;
+            let rows = stmt.query_map(params![src_hash, dest_hash, version], delta_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn set_fleet_bandwidth(
         &self,
         fleet: &str,
@@ -764,6 +879,69 @@ mod tests {
         assert_eq!((n, bps), (1, 2_000_000));
     }
 
+    #[tokio::test]
+    async fn version_2_pseudo_releases_of_registry_images_become_images_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("store.sqlite");
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.execute_batch(&format!(
+                r#"
+                INSERT INTO fleets (id, name, created_at) VALUES (1, 'reg:5000/team/app', 1), (2, 'real', 1);
+                INSERT INTO services (id, fleet, service_name) VALUES (1, 1, 'app'), (2, 2, 'web');
+                INSERT INTO releases (id, fleet, "commit", status, created_at)
+                    VALUES (1, 1, '{hex}', 'success', 1), (2, 2, 'abc123', 'success', 1);
+                INSERT INTO images (id, service, location, content_hash, image_size, status, created_at)
+                    VALUES (1, 1, 'reg:5000/team/app@{hash}', '{hash}', 10, 'success', 1),
+                           (2, 2, 'reg:5000/team/app@{hash}', '{hash}', 10, 'success', 1);
+                INSERT INTO release_images (release, image) VALUES (1, 1), (2, 2);
+                "#,
+                hex = &hash[7..]
+            ))
+            .unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        // The pseudo-release is gone, its image stays; a real release keeps its image even
+        // when that image lives in the same place.
+        let releases = store.list_releases(None).await.unwrap();
+        assert_eq!(
+            releases.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![2],
+            "{releases:?}"
+        );
+        assert!(store.image(1).await.unwrap().is_some());
+        let at = format!("reg:5000/team/app@{hash}");
+        assert_eq!(store.image_by_location(&at).await.unwrap().unwrap().id, 1);
+    }
+
+    #[tokio::test]
+    async fn images_of_no_release_are_recorded_once_per_location() {
+        let (_tmp, store) = store().await;
+        let mut new = image("app", 7);
+        new.location = "reg:5000/team/app@sha256:77".into();
+        let a = store
+            .add_image("reg:5000/team/app", new.clone())
+            .await
+            .unwrap();
+        let b = store
+            .add_image("reg:5000/team/app", new.clone())
+            .await
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.service_name, "app");
+        assert_eq!(a.location, new.location);
+        assert!(store.list_releases(None).await.unwrap().is_empty());
+        assert_eq!(
+            store.image_by_location(&new.location).await.unwrap(),
+            Some(a)
+        );
+        assert_eq!(store.image_by_location("elsewhere").await.unwrap(), None);
+    }
+
     /// Two releases of one fleet; returns (source image, target image) of service `web`.
     async fn pair(store: &SqliteStore) -> (u64, u64) {
         let a = store
@@ -958,6 +1136,7 @@ mod tests {
         let eager = ClaimPolicy {
             stale_after: Duration::ZERO,
             retry_failed_after: Duration::ZERO,
+            ..ClaimPolicy::default()
         };
         let Claim::Claimed { row, .. } = store
             .claim_delta(src, dest, 3, "dead", &ClaimPolicy::default())

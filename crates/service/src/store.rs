@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bru_core::retry::RetryPolicy;
 use bru_delta::Bandwidth;
 use serde::Serialize;
 
@@ -104,6 +105,9 @@ pub struct ClaimPolicy {
     pub stale_after: Duration,
     /// A `failed` build is not retried until this long after it ended (default 10 min).
     pub retry_failed_after: Duration,
+    /// Back-off between builds of a pair interrupted by transient failures (nothing is
+    /// recorded for them): default from 30 s, doubling, at most 10 min apart, with jitter.
+    pub retry_interrupted: RetryPolicy,
 }
 
 impl Default for ClaimPolicy {
@@ -111,6 +115,11 @@ impl Default for ClaimPolicy {
         ClaimPolicy {
             stale_after: Duration::from_secs(5 * 60),
             retry_failed_after: Duration::from_secs(10 * 60),
+            retry_interrupted: RetryPolicy {
+                base: Duration::from_secs(30),
+                max_delay: Duration::from_secs(10 * 60),
+                retries: u32::MAX,
+            },
         }
     }
 }
@@ -176,6 +185,23 @@ pub trait Store: Send + Sync + Debug {
 
     /// The image with this id.
     async fn image(&self, id: u64) -> Result<Option<ImageRecord>, ServiceError>;
+
+    /// Records an image that belongs to no release (a registry image first seen in a
+    /// device's request), under `fleet` (created if new) and the image's service name.
+    /// When an image with the same location exists already, that one is returned.
+    async fn add_image(&self, fleet: &str, image: NewImage) -> Result<ImageRecord, ServiceError>;
+
+    /// The oldest successful image recorded at exactly `location`.
+    async fn image_by_location(&self, location: &str) -> Result<Option<ImageRecord>, ServiceError>;
+
+    /// Successful deltas (newest first, at most 16) between any two images with these
+    /// manifest digests: the same pair of contents under other image ids.
+    async fn deltas_by_content(
+        &self,
+        src_hash: &str,
+        dest_hash: &str,
+        version: u32,
+    ) -> Result<Vec<DeltaRecord>, ServiceError>;
 
     /// Sets the download bandwidth of a fleet's devices, which deltas of its images are built
     /// for (`None`: the builder's default); creates the fleet if it does not exist yet.

@@ -390,3 +390,69 @@ async fn deltas_follow_the_fleet_bandwidth() {
         sizes[1]
     );
 }
+
+#[tokio::test]
+async fn the_same_contents_under_new_image_ids_reuse_the_delta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store.sqlite");
+    let deltas = tmp.path().join("deltas");
+    let backend = backend(&db, &deltas, "a", ClaimPolicy::default()).await;
+    let (v1, v2) = two_images(&tmp.path().join("images"));
+    let (src, dest) = import(&backend, &v1, &v2).await;
+    assert_eq!(
+        backend.request(src, dest).await.unwrap(),
+        DeltaRequest::Building
+    );
+    backend.wait_for_builds().await;
+    let DeltaRequest::Ready(first) = backend.request(src, dest).await.unwrap() else {
+        panic!("not built");
+    };
+
+    // The same two images re-imported (another copy of the layout, new releases, new ids).
+    let (w1, w2) = two_images(&tmp.path().join("copy"));
+    let r3 = backend
+        .add_release("fleet", "cccc3333", &[("app".into(), w1)])
+        .await
+        .unwrap();
+    let r4 = backend
+        .add_release("fleet", "dddd4444", &[("app".into(), w2)])
+        .await
+        .unwrap();
+    let (src2, dest2) = (r3.images[0].id, r4.images[0].id);
+    assert_ne!((src2, dest2), (src, dest));
+    assert_eq!(
+        backend.request(src2, dest2).await.unwrap(),
+        DeltaRequest::Building
+    );
+    backend.wait_for_builds().await;
+    let DeltaRequest::Ready(second) = backend.request(src2, dest2).await.unwrap() else {
+        panic!("not reused");
+    };
+    assert_ne!(second.id, first.id);
+    assert_eq!(
+        (&second.location, second.size),
+        (&first.location, first.size)
+    );
+    assert_eq!(
+        backend.builder().builds_started(),
+        1,
+        "the delta was reused, not built again"
+    );
+
+    // Different contents are built.
+    let (x1, x2) = rebuilt_binary(&tmp.path().join("other"));
+    let (src3, dest3) = {
+        let a = backend
+            .add_release("fleet", "eeee5555", &[("app".into(), x1)])
+            .await
+            .unwrap();
+        let b = backend
+            .add_release("fleet", "ffff6666", &[("app".into(), x2)])
+            .await
+            .unwrap();
+        (a.images[0].id, b.images[0].id)
+    };
+    backend.request(src3, dest3).await.unwrap();
+    backend.wait_for_builds().await;
+    assert_eq!(backend.builder().builds_started(), 2);
+}

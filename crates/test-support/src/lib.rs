@@ -6,6 +6,8 @@
 //! dropped. A missing binary fails the test with an install hint; it never
 //! skips silently.
 
+#![deny(missing_docs)]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +22,7 @@ pub struct TestRegistry {
     /// `127.0.0.1:PORT`.
     pub addr: String,
     child: Option<Child>,
+    config: Option<std::path::PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -39,6 +42,7 @@ impl TestRegistry {
             Ok(addr) if !addr.is_empty() => TestRegistry {
                 addr,
                 child: None,
+                config: None,
                 _dir: None,
             },
             _ => Self::start(None),
@@ -78,27 +82,63 @@ impl TestRegistry {
             dir.path().join("data").display()
         );
         std::fs::write(&config, yaml).expect("write registry config");
+        let mut registry = TestRegistry {
+            addr,
+            child: None,
+            config: Some(config),
+            _dir: Some(dir),
+        };
+        registry.restart();
+        registry
+    }
+
+    /// Kills a registry started by [`TestRegistry::start`] with SIGKILL (its data stays).
+    ///
+    /// # Panics
+    /// For the shared CI registry, which this test does not own.
+    pub fn kill_hard(&mut self) {
+        let child = self
+            .child
+            .as_mut()
+            .expect("only a private registry can be killed");
+        child.kill().expect("kill docker-registry");
+        let _ = child.wait();
+        self.child = None;
+    }
+
+    /// (Re)starts a private registry on its address and data, and waits until it accepts
+    /// connections.
+    ///
+    /// # Panics
+    /// For the shared CI registry, or when the registry does not come up.
+    pub fn restart(&mut self) {
+        let config = self
+            .config
+            .clone()
+            .expect("only a private registry can be restarted");
+        if self.child.is_some() {
+            self.kill_hard();
+        }
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start docker-registry");
-        let registry = TestRegistry {
-            addr,
-            child: Some(child),
-            _dir: Some(dir),
-        };
+        self.child = Some(child);
         for _ in 0..200 {
-            if TcpStream::connect(&registry.addr).is_ok() {
-                return registry;
+            if TcpStream::connect(&self.addr).is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("docker-registry did not start on {}", registry.addr);
+        panic!("docker-registry did not start on {}", self.addr);
     }
 }
+
+mod proxy;
+pub use proxy::{FaultProxy, ProxyMode};
 
 /// A repository name unique to this test run, so tests sharing a registry do not collide.
 pub fn unique_repo(prefix: &str) -> String {
@@ -107,6 +147,21 @@ pub fn unique_repo(prefix: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     format!("bru-test/{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// `len` deterministic, incompressible bytes from `seed` (xorshift64*): layer contents
+/// that gzip cannot shrink.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 #[cfg(feature = "openbalena")]

@@ -4,16 +4,14 @@
 use bru_oci::{Descriptor, ImageSource, OciError};
 use tokio::io::AsyncReadExt;
 
-/// Reads a whole blob, returning the structured error when verification fails.
+/// Reads a whole blob, returning the structured error (a verification failure, or the
+/// stream's own error) as the library recovers it.
 pub async fn read_blob(src: &dyn ImageSource, d: &Descriptor) -> Result<Vec<u8>, OciError> {
     let mut r = src.blob(d).await?;
     let mut v = Vec::new();
     match r.read_to_end(&mut v).await {
         Ok(_) => Ok(v),
-        Err(e) => match e.into_inner().map(|b| b.downcast::<OciError>()) {
-            Some(Ok(x)) => Err(*x),
-            other => panic!("blob read failed without an OciError: {other:?}"),
-        },
+        Err(e) => Err(OciError::from_stream(e)),
     }
 }
 
