@@ -779,11 +779,20 @@ async fn status_reports_without_building_under_the_same_token_rules() {
         .unwrap();
     let inspected = bru_delta::inspect(&*delta).await.unwrap();
     assert_eq!(ready["download_bytes"], inspected.download_bytes);
-    let releases = server.backend().store().list_releases(None).await.unwrap();
-    let (src_id, dest_id) = (releases[0].images[0].id, releases[1].images[0].id);
-    let row = server
-        .backend()
-        .store()
+    let store = server.backend().store();
+    let id_of = |location: &str| {
+        let location = location.to_owned();
+        async move {
+            store
+                .image_by_location(&location)
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+        }
+    };
+    let (src_id, dest_id) = (id_of(&images.src).await, id_of(&images.dest).await);
+    let row = store
         .newest_delta(src_id, dest_id, 3)
         .await
         .unwrap()
