@@ -321,16 +321,6 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let settle = {
-            let state = Arc::clone(&self.state);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    state.metrics.settle(&**state.backend.store()).await;
-                }
-            })
-        };
         listener.local_addr().map_err(ServerError::Serve)?;
         let limits = self.state.config.limits;
         conn::serve(
@@ -341,7 +331,6 @@ impl Server {
             MAX_POLL + Duration::from_secs(5),
         )
         .await;
-        settle.abort();
         // Builds still running are given up, so that the next server builds them at once.
         if let Err(e) = self.state.backend.abandon_builds().await {
             tracing::warn!(error = %e, "cannot give up unfinished builds");
@@ -490,7 +479,6 @@ async fn error_body(req: Request<axum::body::Body>, next: axum::middleware::Next
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    state.metrics.settle(&**state.backend.store()).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

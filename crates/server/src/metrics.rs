@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use bru_delta::{NoProgress, Progress};
-use bru_service::{BuildProgress, DeltaStatus, ImageRecord, Store, DELTA_VERSION};
+use bru_service::{BuildEnd, BuildProgress, ImageRecord};
 
 /// The server's counters.
 #[derive(Debug, Default)]
@@ -16,33 +16,39 @@ pub(crate) struct Metrics {
     started: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
+    interrupted: AtomicU64,
     build_millis: AtomicU64,
     bytes_saved: AtomicU64,
-    pending: Mutex<Vec<Pending>>,
 }
 
-#[derive(Debug)]
-struct Pending {
-    src: u64,
-    dest: u64,
-    full_size: u64,
-    since: Instant,
-}
-
-/// Counts builds as the builder starts them (the builder's progress hook).
+/// Counts builds as the builder starts and ends them (the builder's progress hook).
 #[derive(Debug)]
 pub(crate) struct BuildHook(pub(crate) Arc<Metrics>);
 
 impl BuildProgress for BuildHook {
     fn start(&self, src: &ImageRecord, dest: &ImageRecord) -> Arc<dyn Progress> {
+        let _ = (src, dest);
         self.0.started.fetch_add(1, Ordering::Relaxed);
-        lock(&self.0.pending).push(Pending {
-            src: src.id,
-            dest: dest.id,
-            full_size: dest.image_size,
-            since: Instant::now(),
-        });
         Arc::new(NoProgress)
+    }
+
+    fn finish(&self, _src: &ImageRecord, dest: &ImageRecord, end: BuildEnd, took: Duration) {
+        let m = &self.0;
+        let millis = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        m.build_millis.fetch_add(millis, Ordering::Relaxed);
+        match end {
+            BuildEnd::Succeeded { size } => {
+                m.succeeded.fetch_add(1, Ordering::Relaxed);
+                let saved = dest.image_size.saturating_sub(size);
+                m.bytes_saved.fetch_add(saved, Ordering::Relaxed);
+            }
+            BuildEnd::Failed => {
+                m.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            BuildEnd::Interrupted => {
+                m.interrupted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -54,41 +60,6 @@ impl Metrics {
     /// Counts one answer of the delta endpoint.
     pub(crate) fn request(&self, status: u16) {
         *lock(&self.requests).entry(status).or_default() += 1;
-    }
-
-    /// Looks up the builds started here that have not ended yet and counts those that did.
-    pub(crate) async fn settle(&self, store: &dyn Store) {
-        let pairs: Vec<(u64, u64)> = lock(&self.pending)
-            .iter()
-            .map(|p| (p.src, p.dest))
-            .collect();
-        for (src, dest) in pairs {
-            let row = match store.newest_delta(src, dest, DELTA_VERSION).await {
-                Ok(Some(row)) if row.status != DeltaStatus::Running => row,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a delta row for the metrics");
-                    continue;
-                }
-            };
-            let mut pending = lock(&self.pending);
-            let Some(i) = pending.iter().position(|p| (p.src, p.dest) == (src, dest)) else {
-                continue;
-            };
-            let done = pending.swap_remove(i);
-            drop(pending);
-            let millis = u64::try_from(done.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.build_millis.fetch_add(millis, Ordering::Relaxed);
-            if row.status == DeltaStatus::Success {
-                self.succeeded.fetch_add(1, Ordering::Relaxed);
-                let saved = done
-                    .full_size
-                    .saturating_sub(row.size.unwrap_or(done.full_size));
-                self.bytes_saved.fetch_add(saved, Ordering::Relaxed);
-            } else {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 
     /// The counters in the Prometheus text format.
@@ -121,6 +92,11 @@ impl Metrics {
                 "bru_delta_builds_failed_total",
                 "Delta builds that failed.",
                 load(&self.failed),
+            ),
+            (
+                "bru_delta_builds_interrupted_total",
+                "Delta builds given up for a transient reason (not recorded as failed).",
+                load(&self.interrupted),
             ),
             (
                 "bru_delta_bytes_saved_total",
@@ -168,5 +144,39 @@ mod tests {
             "# TYPE bru_delta_builds_started_total counter\nbru_delta_builds_started_total 0\n"
         ));
         assert!(text.contains("bru_delta_build_seconds_total 0.000\n"));
+    }
+
+    #[test]
+    fn build_ends_are_counted_from_the_hook() {
+        let m = Arc::new(Metrics::default());
+        let hook = BuildHook(Arc::clone(&m));
+        let image = |id, size| ImageRecord {
+            id,
+            service_name: "s".into(),
+            location: "r/x@sha256:00".into(),
+            content_hash: "sha256:00".into(),
+            image_size: size,
+            status: "success".into(),
+        };
+        let (src, dest) = (image(1, 1000), image(2, 1000));
+        for end in [
+            BuildEnd::Succeeded { size: 300 },
+            BuildEnd::Failed,
+            BuildEnd::Interrupted,
+        ] {
+            hook.start(&src, &dest);
+            hook.finish(&src, &dest, end, Duration::from_millis(1500));
+        }
+        let text = m.render();
+        for line in [
+            "bru_delta_builds_started_total 3\n",
+            "bru_delta_builds_succeeded_total 1\n",
+            "bru_delta_builds_failed_total 1\n",
+            "bru_delta_builds_interrupted_total 1\n",
+            "bru_delta_bytes_saved_total 700\n",
+            "bru_delta_build_seconds_total 4.500\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -51,25 +51,13 @@ fn parse_one(key: &str, value: &str) -> Result<Requested, String> {
     }
 }
 
+/// Decodes %-escapes (the `percent-encoding` crate, as URLs are decoded: a `%` not followed
+/// by two hex digits stays as it is, and is then refused by whatever parses the value).
 pub(crate) fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| "malformed %-escape in the query".to_string())?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the query is not UTF-8".to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "the query is not UTF-8".to_string())
 }
 
 #[cfg(test)]
@@ -77,6 +65,20 @@ mod tests {
     use super::*;
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn escapes_are_decoded_and_malformed_ones_refused_by_the_value_parser() {
+        let (src, _) = parse_query("src=reg.example%2Fapp%3Av1&dest=7").unwrap();
+        let Requested::Registry(s) = src else {
+            panic!("{src:?}")
+        };
+        assert_eq!(
+            (s.registry.as_str(), s.repository.as_str()),
+            ("reg.example", "app")
+        );
+        assert!(parse_query("src=reg.example/app%zz&dest=7").is_err());
+        assert!(parse_query("src=reg.example/app%FF&dest=7").is_err());
+    }
 
     #[test]
     fn unencoded_references_survive() {

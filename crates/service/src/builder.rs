@@ -49,10 +49,31 @@ pub struct BuilderConfig {
     pub progress: Option<Arc<dyn BuildProgress>>,
 }
 
-/// Hands out a progress receiver for each build (e.g. one terminal bar per delta).
+/// Hands out a progress receiver for each build (e.g. one terminal bar per delta) and
+/// hears how each ended.
 pub trait BuildProgress: Send + Sync + std::fmt::Debug {
     /// Called when the build of the delta from `src` to `dest` starts.
     fn start(&self, src: &ImageRecord, dest: &ImageRecord) -> Arc<dyn Progress>;
+
+    /// Called once when that build has ended, after its outcome is recorded (or, for
+    /// [`BuildEnd::Interrupted`], given up), with the time since [`BuildProgress::start`].
+    fn finish(&self, src: &ImageRecord, dest: &ImageRecord, end: BuildEnd, took: Duration) {
+        let _ = (src, dest, end, took);
+    }
+}
+
+/// How a build ended, for [`BuildProgress::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildEnd {
+    /// The delta exists; a device downloads `size` bytes for it.
+    Succeeded {
+        /// Compressed bytes of the delta.
+        size: u64,
+    },
+    /// The build failed for good and is recorded as failed.
+    Failed,
+    /// The build was given up for a transient reason; nothing was recorded.
+    Interrupted,
 }
 
 impl BuilderConfig {
@@ -218,9 +239,12 @@ impl DeltaBuilder {
             return Err(ServiceError::LostClaim { id: row.id });
         }
         let activity = Arc::new(Activity::new());
+        let started = Instant::now();
+        let pair = std::sync::Mutex::new(None);
         let work = async {
             let src = image(store, row.source_image).await?;
             let dest = image(store, row.target_image).await?;
+            *pair.lock().unwrap_or_else(|p| p.into_inner()) = Some((src.clone(), dest.clone()));
             let bandwidth = match store.image_fleet_bandwidth(dest.id).await? {
                 Some(b) => Some(b),
                 None => self.config.device_bandwidth,
@@ -301,22 +325,34 @@ impl DeltaBuilder {
                 stalled => Err(stalled),
             },
         };
-        let outcome = match result {
-            Ok((location, size)) => Outcome::Success { location, size },
+        let finished = |end: BuildEnd| {
+            let pair = pair.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let (Some(hook), Some((src, dest))) = (&self.config.progress, pair) {
+                hook.finish(&src, &dest, end, started.elapsed());
+            }
+        };
+        let (outcome, end) = match result {
+            Ok((location, size)) => (
+                Outcome::Success { location, size },
+                BuildEnd::Succeeded { size },
+            ),
             Err(e) if e.is_transient() => {
                 tracing::warn!(delta = row.id, error = %chain(&e), "delta build interrupted; not recorded as failed");
                 if let Err(abandon) = store.abandon_delta(row.id, owner).await {
                     // The heartbeat has stopped: the row goes stale and is taken over.
                     tracing::warn!(delta = row.id, error = %abandon, "cannot give up the row");
                 }
+                finished(BuildEnd::Interrupted);
                 return Err(e);
             }
             Err(e) => {
                 tracing::warn!(delta = row.id, error = %chain(&e), "delta build failed");
-                Outcome::Failed { error: chain(&e) }
+                (Outcome::Failed { error: chain(&e) }, BuildEnd::Failed)
             }
         };
-        store.finish_delta(row.id, owner, outcome).await
+        let done = store.finish_delta(row.id, owner, outcome).await?;
+        finished(end);
+        Ok(done)
     }
 }
 

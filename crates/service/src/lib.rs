@@ -55,7 +55,7 @@ mod sqlite;
 mod store;
 
 pub use bru_delta::Bandwidth;
-pub use builder::{delta_tag, delta_tag_for, BuildProgress, BuilderConfig, DeltaBuilder};
+pub use builder::{delta_tag, delta_tag_for, BuildEnd, BuildProgress, BuilderConfig, DeltaBuilder};
 pub use embedded::{state_dir, DeltaRequest, Embedded};
 pub use error::ServiceError;
 pub use import::{absolutize, check_release, resolve_image, FleetFile, FleetRelease};
