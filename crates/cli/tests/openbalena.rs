@@ -565,6 +565,21 @@ fn openbalena_refusals_are_clear_errors() {
     assert_eq!(e.trim_end(), "ERROR: You have to log in");
     let e = error_of(Some(ALICE), &["--from-release", "1", "--to-release", "3"]);
     assert!(e.contains("image 103 is not stored on a registry"), "{e}");
+    // The token endpoint refuses the user's token, or answers something that is no JWT.
+    api.state().token_fault = Some((401, String::new()));
+    let e = error_of(Some(ALICE), &pair);
+    assert!(
+        e.starts_with("ERROR: Request error: the API refused the stored token when asked for a registry token (")
+            && e.trim_end().ends_with("); log in again"),
+        "{e}"
+    );
+    api.state().token_fault = Some((200, r#"{"token":"not-a-jwt"}"#.to_owned()));
+    let e = error_of(Some(ALICE), &pair);
+    assert_eq!(
+        e.trim_end(),
+        "ERROR: the registry token is not a readable JWT"
+    );
+    api.state().token_fault = None;
     assert_eq!(builds_started(&serve_addr), 0);
     api.assert_no_violations();
 

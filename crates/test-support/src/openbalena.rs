@@ -212,6 +212,9 @@ pub struct State {
     pub images: Vec<Image>,
     /// Delta rows ([`Flavour::BalenaCloud`]).
     pub deltas: Vec<DeltaRow>,
+    /// When set, `/auth/v1/token` answers this status and body instead (a misbehaving or
+    /// misconfigured API, for refusal tests).
+    pub token_fault: Option<(u16, String)>,
     /// Every request, in order.
     pub log: Vec<Logged>,
     /// Requests the fake did not expect.
@@ -229,6 +232,7 @@ impl State {
             releases: Vec::new(),
             images: Vec::new(),
             deltas: Vec::new(),
+            token_fault: None,
             log: Vec::new(),
             violations: Vec::new(),
         }
@@ -377,6 +381,12 @@ fn answer(
         return Response::new(Body::from("OK"));
     }
     if path == "/auth/v1/token" {
+        if let Some((status, body)) = &state.token_fault {
+            let mut response = Response::new(Body::from(body.clone()));
+            *response.status_mut() =
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+            return response;
+        }
         return registry_token(state, key, query, authorization);
     }
     if let Some(resource) = path.strip_prefix("/v7/") {
