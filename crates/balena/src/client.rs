@@ -14,7 +14,12 @@ use tokio::sync::Semaphore;
 
 use crate::pine::{self, Query};
 use crate::wire::{WireDelta, WireImage, WireRelease};
-use crate::{Settings, SettingsError, Token};
+use crate::{DeltaApi, Settings, SettingsError, Token};
+
+mod openbalena;
+
+/// The most bytes read from one response: far above any pine answer this client asks for.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// How a running delta row counts as alive: updated within this window (the original's 3
 /// minutes, leaving room for clock skew against the server's 5-minute staleness rule).
@@ -50,9 +55,35 @@ pub struct BalenaClient {
     delta: reqwest::Client,
     api_prefix: Url,
     delta_base: Url,
+    /// `<apiUrl>/auth/v1/token`, where registry tokens come from.
+    auth_url: Url,
     /// The token and its ready-made `Authorization` header.
     token: Option<(Token, HeaderValue)>,
     limit: Arc<Semaphore>,
+    /// The `deltaApi` setting.
+    delta_api: DeltaApi,
+    /// The API's kind once known (set, or detected from its answers).
+    flavour: Arc<tokio::sync::OnceCell<Flavour>>,
+    /// Images and registry tokens of the `serve` protocol.
+    serve: Arc<openbalena::Caches>,
+}
+
+/// Which kind of API the client talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// balenaCloud: a `delta` resource and a delta server taking image ids.
+    BalenaCloud,
+    /// openBalena: no `delta` resource; deltas from `serve`.
+    OpenBalena,
+}
+
+/// Which credentials a request carries.
+#[derive(Debug, Clone)]
+enum Credentials {
+    /// The user's token, if one is stored.
+    User,
+    /// A registry token for the delta server.
+    Registry(HeaderValue),
 }
 
 impl BalenaClient {
@@ -85,6 +116,7 @@ impl BalenaClient {
         };
         let api_prefix = base("apiUrl", &settings.api_url, "/v7/")?;
         let delta_base = base("deltaUrl", &settings.delta_url, "/")?;
+        let auth_url = base("apiUrl", &settings.api_url, "/auth/v1/token")?;
         let builder = || {
             reqwest::Client::builder()
                 .timeout(config.request_timeout)
@@ -99,8 +131,16 @@ impl BalenaClient {
                 .map_err(http_error)?,
             api_prefix,
             delta_base,
+            auth_url,
             token,
             limit: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            delta_api: settings.delta_api,
+            flavour: Arc::new(match settings.delta_api {
+                DeltaApi::Auto => tokio::sync::OnceCell::new(),
+                DeltaApi::Pine => tokio::sync::OnceCell::new_with(Some(Flavour::BalenaCloud)),
+                DeltaApi::Serve => tokio::sync::OnceCell::new_with(Some(Flavour::OpenBalena)),
+            }),
+            serve: Arc::default(),
         })
     }
 
@@ -117,7 +157,22 @@ impl BalenaClient {
 
     /// Sends a GET and returns the status, headers' retry delay, content type and body.
     async fn get(&self, http: &reqwest::Client, url: Url, pine: bool) -> Result<Response, Error> {
-        let auth = self.authorization()?;
+        self.get_as(http, url, pine, Credentials::User).await
+    }
+
+    /// [`BalenaClient::get`] with the given credentials. The body is read up to
+    /// [`MAX_RESPONSE_BYTES`]; a longer one is an error.
+    async fn get_as(
+        &self,
+        http: &reqwest::Client,
+        url: Url,
+        pine: bool,
+        credentials: Credentials,
+    ) -> Result<Response, Error> {
+        let (auth, user_token) = match credentials {
+            Credentials::User => (self.authorization()?, true),
+            Credentials::Registry(header) => (Some(header), false),
+        };
         let _permit = self.limit.acquire().await.map_err(|e| Error::Network {
             url: redact_url(url.as_str()).into_owned(),
             source: Box::new(e),
@@ -145,7 +200,7 @@ impl BalenaClient {
                 }
             }
         };
-        let response = request.send().await.map_err(transport)?;
+        let mut response = request.send().await.map_err(transport)?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -157,20 +212,35 @@ impl BalenaClient {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("application/json"));
-        let body = response.bytes().await.map_err(transport)?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(Error::InvalidResponse {
+                    url: redact_url(url.as_str()).into_owned(),
+                    reason: format!("the response is larger than {MAX_RESPONSE_BYTES} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         tracing::debug!(url = %redact_url(url.as_str()), %status, bytes = body.len(), "response");
         Ok(Response {
             url,
             status,
             retry_after,
             json,
-            body: body.to_vec(),
-            sent_token: auth.is_some(),
+            body,
+            sent_token: auth.is_some() && user_token,
         })
     }
 
     /// Runs a pine query and returns the deserialised elements of `d`.
     async fn pine<T: DeserializeOwned>(&self, query: &Query) -> Result<Vec<T>, Error> {
+        let response = self.pine_response(query).await?;
+        Self::decode(query, &response)
+    }
+
+    /// Sends a pine query; a 401 to a request without a token is [`Error::NotLoggedIn`].
+    async fn pine_response(&self, query: &Query) -> Result<Response, Error> {
         let url = format!("{}{}", self.api_prefix, query.to_wire());
         let url = Url::parse(&url).map_err(|e| Error::Network {
             url: url.clone(),
@@ -180,6 +250,11 @@ impl BalenaClient {
         if response.status == StatusCode::UNAUTHORIZED && !response.sent_token {
             return Err(Error::NotLoggedIn);
         }
+        Ok(response)
+    }
+
+    /// The elements of `d` in a pine answer, or the answer's error.
+    fn decode<T: DeserializeOwned>(query: &Query, response: &Response) -> Result<Vec<T>, Error> {
         response.check()?;
         let invalid = |reason: String| Error::InvalidResponse {
             url: redact_url(response.url.as_str()).into_owned(),
@@ -266,7 +341,10 @@ impl Response {
                     .or_else(|| text_of(v.get("message")))
                     .or_else(|| text_of(v.get("error")))
             });
-        let message = from_json.unwrap_or(if text.is_empty() {
+        let message = from_json.unwrap_or(if text.is_empty() && self.status.as_u16() == 401 {
+            // openBalena (pinejs) refuses a token with an empty body; balenaCloud says this.
+            "Unauthorized".to_owned()
+        } else if text.is_empty() {
             "The request was unsuccessful".to_owned()
         } else {
             text
@@ -279,10 +357,64 @@ impl Response {
     }
 }
 
+impl BalenaClient {
+    /// The API's kind: set by the `deltaApi` setting, or detected once (see [`DeltaApi::Auto`]).
+    async fn flavour(&self) -> Result<Flavour, Error> {
+        self.flavour
+            .get_or_try_init(|| self.detect())
+            .await
+            .copied()
+    }
+
+    /// Asks the API whether it has a `delta` resource.
+    async fn detect(&self) -> Result<Flavour, Error> {
+        let response = self.pine_response(&pine::delta_probe()).await?;
+        let flavour = match response.status.as_u16() {
+            200..=299 => Flavour::BalenaCloud,
+            401 | 404 if response.body.is_empty() && response.sent_token => Flavour::OpenBalena,
+            _ => {
+                response.check()?;
+                return Err(Error::InvalidResponse {
+                    url: redact_url(response.url.as_str()).into_owned(),
+                    reason: format!("unexpected status {} to the delta probe", response.status),
+                });
+            }
+        };
+        tracing::info!(?flavour, "detected the API's kind");
+        Ok(flavour)
+    }
+
+    /// A release query: balenaCloud's, unless the API is (or turns out to be) openBalena's,
+    /// whose release has no `is_created_by__user` (500 with an empty body).
+    async fn releases(&self, cloud: Query, open: Query) -> Result<Vec<WireRelease>, Error> {
+        if self.flavour.get() == Some(&Flavour::OpenBalena) {
+            return self.pine(&open).await;
+        }
+        let response = self.pine_response(&cloud).await?;
+        if response.status.is_success() {
+            // Only balenaCloud's API knows the creating user.
+            let _ = self.flavour.set(Flavour::BalenaCloud);
+        } else if response.status == StatusCode::INTERNAL_SERVER_ERROR
+            && response.body.is_empty()
+            && self.delta_api == DeltaApi::Auto
+        {
+            // Undecided probes are not remembered: the next such answer probes again.
+            match self.flavour().await {
+                Ok(Flavour::OpenBalena) => return self.pine(&open).await,
+                Ok(Flavour::BalenaCloud) => {}
+                Err(e) => tracing::debug!(error = %e, "could not tell the API's kind"),
+            }
+        }
+        Self::decode(&cloud, &response)
+    }
+}
+
 #[async_trait]
 impl ReleaseSource for BalenaClient {
     async fn release_by_id(&self, id: u64) -> Result<Option<Release>, Error> {
-        let found: Vec<WireRelease> = self.pine(&pine::release_by_id(id)).await?;
+        let found = self
+            .releases(pine::release_by_id(id), pine::openbalena_release_by_id(id))
+            .await?;
         found
             .into_iter()
             .next()
@@ -291,16 +423,30 @@ impl ReleaseSource for BalenaClient {
     }
 
     async fn releases_by_commit(&self, prefix: &str) -> Result<Vec<Release>, Error> {
-        let found: Vec<WireRelease> = self.pine(&pine::releases_by_commit(prefix)).await?;
+        let found = self
+            .releases(
+                pine::releases_by_commit(prefix),
+                pine::openbalena_releases_by_commit(prefix),
+            )
+            .await?;
         found.into_iter().map(|w| self.release(w)).collect()
     }
 
     async fn image(&self, id: u64) -> Result<Option<Image>, Error> {
+        if self.flavour.get() == Some(&Flavour::OpenBalena) {
+            // Kept: the delta state of a pair is asked for by the images' references.
+            return self.cached_image(id).await;
+        }
         let found: Vec<WireImage> = self.pine(&pine::image(id)).await?;
         Ok(found.into_iter().next().map(Image::from))
     }
 
+    /// balenaCloud: the newest successful or recently running row of the API's `delta`
+    /// resource. openBalena: the state `serve` reports for the images' references.
     async fn latest_delta(&self, src: u64, dest: u64) -> Result<Option<Delta>, Error> {
+        if self.flavour().await? == Flavour::OpenBalena {
+            return self.serve_status(src, dest).await;
+        }
         let since = chrono::Utc::now() - RUNNING_WINDOW;
         let found: Vec<WireDelta> = self.pine(&pine::latest_delta(src, dest, since)).await?;
         Ok(found.into_iter().next().map(Delta::from))
@@ -309,9 +455,14 @@ impl ReleaseSource for BalenaClient {
 
 #[async_trait]
 impl DeltaService for BalenaClient {
-    /// `GET {deltaUrl}/api/v3/delta?src=ID&dest=ID`: 200 means the delta exists; 502, 504,
-    /// a client timeout and other non-error statuses mean it is being built.
+    /// balenaCloud: `GET {deltaUrl}/api/v3/delta?src=ID&dest=ID` with the user's token.
+    /// openBalena: `GET {deltaUrl}/api/v3/delta?src=REF&dest=REF` with a registry token, as
+    /// a device asks. 200 means the delta exists; 502, 504, a client timeout and other
+    /// non-error statuses mean it is being built.
     async fn request_delta(&self, src: u64, dest: u64) -> Result<DeltaTrigger, Error> {
+        if self.flavour().await? == Flavour::OpenBalena {
+            return self.serve_request(src, dest).await;
+        }
         let url = self
             .delta_base
             .join(&format!("/api/v3/delta?src={src}&dest={dest}"))
@@ -327,10 +478,16 @@ impl DeltaService for BalenaClient {
             }
             Err(e) => return Err(e),
         };
-        match response.status.as_u16() {
-            200 => Ok(DeltaTrigger::Ready),
-            502 | 504 => Ok(DeltaTrigger::Building),
-            _ => response.check().map(|()| DeltaTrigger::Building),
-        }
+        trigger_answer(&response)
+    }
+}
+
+/// What a delta request's answer means: 200 ready; 502 and 504 being built; an error
+/// status an error; anything else being built.
+fn trigger_answer(response: &Response) -> Result<DeltaTrigger, Error> {
+    match response.status.as_u16() {
+        200 => Ok(DeltaTrigger::Ready),
+        502 | 504 => Ok(DeltaTrigger::Building),
+        _ => response.check().map(|()| DeltaTrigger::Building),
     }
 }

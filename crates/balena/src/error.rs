@@ -37,4 +37,10 @@ pub enum SettingsError {
     /// The HTTP client could not be created (TLS set-up).
     #[error("cannot create the HTTP client")]
     HttpClient(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The `deltaApi` setting has a value other than `auto`, `pine` or `serve`.
+    #[error("invalid deltaApi setting: '{value}' (expected auto, pine or serve)")]
+    InvalidDeltaApi {
+        /// The value found.
+        value: String,
+    },
 }

@@ -6,6 +6,11 @@
 //! * [`BalenaClient`] sends the pine v7 queries of `@balena/release-update` byte for byte
 //!   (see [`pine`]) and triggers deltas on the delta server. It implements the
 //!   [`bru_core::ReleaseSource`] and [`bru_core::DeltaService`] traits.
+//! * Against openBalena (no `delta` resource, no delta server; detected, or chosen with the
+//!   `deltaApi` setting, see [`DeltaApi`]) it reads releases and images from the API and
+//!   delta states and deltas from this project's `serve` at `deltaUrl`, authorised by a
+//!   registry token it obtains from the API's `/auth/v1/token` with the user's token, as a
+//!   device does.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,5 +34,5 @@ mod wire;
 
 pub use client::{BalenaClient, ClientConfig};
 pub use error::SettingsError;
-pub use settings::Settings;
+pub use settings::{DeltaApi, Settings};
 pub use token::Token;

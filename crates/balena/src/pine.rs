@@ -233,27 +233,30 @@ fn wire_encode(s: &str) -> String {
     out
 }
 
-/// The release expand of balena-sdk's `release.getWithImageDetails`.
-fn release_expand() -> QueryOption {
-    QueryOption::Expand(vec![
-        Expand::new(
-            "release_image",
-            vec![QueryOption::Expand(vec![Expand::new(
-                "image",
-                vec![
-                    QueryOption::Select(vec!["id"]),
-                    QueryOption::Expand(vec![Expand::new(
-                        "is_a_build_of__service",
-                        vec![QueryOption::Select(vec!["service_name"])],
-                    )]),
-                ],
-            )])],
-        ),
-        Expand::new(
+/// The release expand of balena-sdk's `release.getWithImageDetails`; without the
+/// `is_created_by__user` navigation, which openBalena's release does not have (its API
+/// answers 500 to a query that expands it), when `with_user` is false.
+fn release_expand(with_user: bool) -> QueryOption {
+    let mut expands = vec![Expand::new(
+        "release_image",
+        vec![QueryOption::Expand(vec![Expand::new(
+            "image",
+            vec![
+                QueryOption::Select(vec!["id"]),
+                QueryOption::Expand(vec![Expand::new(
+                    "is_a_build_of__service",
+                    vec![QueryOption::Select(vec!["service_name"])],
+                )]),
+            ],
+        )])],
+    )];
+    if with_user {
+        expands.push(Expand::new(
             "is_created_by__user",
             vec![QueryOption::Select(vec!["id", "username"])],
-        ),
-    ])
+        ));
+    }
+    QueryOption::Expand(expands)
 }
 
 fn success() -> Filter {
@@ -262,20 +265,47 @@ fn success() -> Filter {
 
 /// `release(<id>)` with the image details, successful releases only.
 pub fn release_by_id(id: u64) -> Query {
+    release_by_id_with(id, true)
+}
+
+/// [`release_by_id`] as openBalena takes it: without the creating user.
+pub fn openbalena_release_by_id(id: u64) -> Query {
+    release_by_id_with(id, false)
+}
+
+fn release_by_id_with(id: u64, with_user: bool) -> Query {
     Query::new("release")
         .id(id)
-        .option(release_expand())
+        .option(release_expand(with_user))
         .option(QueryOption::Filter(success()))
 }
 
 /// Successful releases whose commit starts with `prefix`, with the image details.
 pub fn releases_by_commit(prefix: &str) -> Query {
+    releases_by_commit_with(prefix, true)
+}
+
+/// [`releases_by_commit`] as openBalena takes it: without the creating user.
+pub fn openbalena_releases_by_commit(prefix: &str) -> Query {
+    releases_by_commit_with(prefix, false)
+}
+
+fn releases_by_commit_with(prefix: &str, with_user: bool) -> Query {
     Query::new("release")
         .option(QueryOption::Filter(Filter::And(vec![
             Filter::StartsWith("commit", Value::str(prefix)),
             success(),
         ])))
-        .option(release_expand())
+        .option(release_expand(with_user))
+}
+
+/// `delta?$select=id&$top=1`: does the API have a `delta` resource? balenaCloud answers
+/// 200; openBalena (pinejs, no such resource) 401 with an empty body, or 404 before
+/// pinejs 15.4.4.
+pub fn delta_probe() -> Query {
+    Query::new("delta")
+        .option(QueryOption::Select(vec!["id"]))
+        .option(QueryOption::Top(1))
 }
 
 /// `image(<id>)`, successful images only.
@@ -341,6 +371,19 @@ mod tests {
             releases_by_commit("84d3d8f").to_wire(),
             "release?$filter=startswith(commit,%2784d3d8f%27)%20and%20status%20eq%20%27success%27&$expand=release_image($expand=image($select=id;$expand=is_a_build_of__service($select=service_name))),is_created_by__user($select=id,username)"
         );
+    }
+
+    #[test]
+    fn openbalena_release_queries_do_not_expand_the_user() {
+        assert_eq!(
+            openbalena_release_by_id(900813).to_wire(),
+            "release(900813)?$expand=release_image($expand=image($select=id;$expand=is_a_build_of__service($select=service_name)))&$filter=status%20eq%20%27success%27"
+        );
+        assert_eq!(
+            openbalena_releases_by_commit("84d3d8f").to_wire(),
+            "release?$filter=startswith(commit,%2784d3d8f%27)%20and%20status%20eq%20%27success%27&$expand=release_image($expand=image($select=id;$expand=is_a_build_of__service($select=service_name)))"
+        );
+        assert_eq!(delta_probe().to_wire(), "delta?$select=id&$top=1");
     }
 
     #[test]

@@ -18,6 +18,57 @@ pub struct Settings {
     pub delta_url: String,
     /// `dataDirectory`: where the `token` file lives, `<home>/.balena` by default.
     pub data_directory: PathBuf,
+    /// `deltaApi`: where delta states come from and how deltas are requested (`auto` by
+    /// default: detected from the API's answers; see [`DeltaApi`]).
+    pub delta_api: DeltaApi,
+}
+
+/// Where the client reads delta states and how it asks for deltas (the `deltaApi` setting).
+///
+/// balenaCloud keeps `delta` rows in its API and builds deltas on request of the user's
+/// token; openBalena has no `delta` resource and no delta server, and this project's `serve`
+/// stands in for it, authorised by registry tokens as devices are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeltaApi {
+    /// `auto`: use the API's `delta` resource, unless the API turns out to be openBalena's
+    /// (its release query answers 500 with an empty body, and a query for `delta` 401 or
+    /// 404 with an empty body while the same token reads releases); then use `serve`.
+    #[default]
+    Auto,
+    /// `pine`: balenaCloud. Delta rows from `<apiUrl>/v7/delta`, deltas requested from
+    /// `<deltaUrl>/api/v3/delta?src=<image id>&dest=<image id>` with the user's token.
+    Pine,
+    /// `serve`: openBalena with this project's `serve` at `deltaUrl`. Delta states from
+    /// `<deltaUrl>/api/v3/delta/status`, deltas requested from `<deltaUrl>/api/v3/delta`,
+    /// both with image references and a registry token obtained from
+    /// `<apiUrl>/auth/v1/token` with the user's token (pull on both repositories), as a
+    /// device does.
+    Serve,
+}
+
+impl std::str::FromStr for DeltaApi {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(DeltaApi::Auto),
+            "pine" => Ok(DeltaApi::Pine),
+            "serve" => Ok(DeltaApi::Serve),
+            other => Err(format!(
+                "unknown deltaApi '{other}' (expected auto, pine or serve)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DeltaApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeltaApi::Auto => "auto",
+            DeltaApi::Pine => "pine",
+            DeltaApi::Serve => "serve",
+        })
+    }
 }
 
 /// `.` on Unix, `_` on Windows, like the `hidepath` module.
@@ -72,7 +123,14 @@ impl Settings {
         }
         let get = |key: &str| merged.get(key).and_then(scalar);
         let balena_url = get("balenaUrl").unwrap_or_else(|| "balena-cloud.com".to_owned());
+        let delta_api = match get("deltaApi") {
+            Some(value) => value
+                .parse()
+                .map_err(|_| SettingsError::InvalidDeltaApi { value })?,
+            None => DeltaApi::Auto,
+        };
         Ok(Settings {
+            delta_api,
             api_url: get("apiUrl").unwrap_or_else(|| format!("https://api.{balena_url}")),
             delta_url: get("deltaUrl").unwrap_or_else(|| format!("https://delta.{balena_url}")),
             data_directory: get("dataDirectory")
@@ -255,6 +313,29 @@ mod tests {
         assert_eq!(s.api_url, "https://api.balena-cloud.com");
         assert_eq!(s.delta_url, "https://delta.balena-cloud.com");
         assert_eq!(s.data_directory, dir.path().join(".balena"));
+        assert_eq!(s.delta_api, DeltaApi::Auto);
+    }
+
+    #[test]
+    fn delta_api_is_a_setting_and_refuses_unknown_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("balenarc.yml"), "deltaApi: pine\n").unwrap();
+        assert_eq!(
+            resolve(dir.path(), dir.path(), &[]).delta_api,
+            DeltaApi::Pine
+        );
+        let s = resolve(dir.path(), dir.path(), &[("BALENARC_DELTA_API", "serve")]);
+        assert_eq!(s.delta_api, DeltaApi::Serve);
+        let err = Settings::resolve(
+            dir.path(),
+            dir.path(),
+            [("BALENARC_DELTA_API", "openbalena")].iter().copied(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid deltaApi setting: 'openbalena' (expected auto, pine or serve)"
+        );
     }
 
     #[test]

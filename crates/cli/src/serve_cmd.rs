@@ -13,6 +13,10 @@ use clap::Args;
 pub const STATUS_CODES: &str = "\
 Endpoints:
   GET /api/v3/delta?src=REF&dest=REF   REF: HOST[:PORT]/REPO[:TAG][@sha256:...] (unencoded) or a store image id
+  GET /api/v3/delta/status?src=REF&dest=REF
+                                        the delta's state without building it, under the same checks:
+                                        {\"status\":\"ready\",\"id\":N,\"version\":3,\"name\":\"HOST/REPO:delta-...\",\"download_bytes\":N},
+                                        or \"building\", \"failed\" or \"interrupted\" (with retry_after_seconds), or \"none\"
   GET /v7/release, /v7/image, /v7/delta the pine read subset the release-update clients use (--no-auth only)
   GET /healthz                          200 ok
   GET /metrics                          Prometheus counters

@@ -10,6 +10,9 @@
 //!   store the first time they are seen (see the `images` module notes in the source).
 //!   The answer comes within the long-poll budget (20 s by default, never more than 24 s;
 //!   devices time out after 30 s or 59 s).
+//! * `GET /api/v3/delta/status?src=REF&dest=REF`: the state of that delta (`ready` with its
+//!   name and download bytes, `building`, `failed` or `none`) under the same checks, without
+//!   starting a build (see the `status` module notes in the source).
 //! * `GET /v7/release(ID)`, `/v7/release?$filter=startswith(commit,'…')…`, `/v7/image(ID)`,
 //!   `/v7/delta?$filter=version eq 3 and originates_from__image eq A and produces__image eq B…`:
 //!   the subset of balena's pine API the release-update clients read (`{"d": [...]}`), so
@@ -113,6 +116,7 @@ mod images;
 mod metrics;
 mod pine;
 mod query;
+mod status;
 mod tags;
 
 use std::path::PathBuf;
@@ -280,6 +284,7 @@ impl Server {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/v3/delta", get(delta))
+            .route("/api/v3/delta/status", get(status::delta_status))
             .route("/v7/{resource}", get(pine_read))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics_text))

@@ -652,3 +652,116 @@ async fn tags_are_resolved_once_per_ttl() {
     assert!(status != 200 || body != before, "{status} {body}");
     assert_eq!(uncached_server.backend().builder().builds_started(), 2);
 }
+
+/// `GET /api/v3/delta/status` with the references unencoded.
+async fn status_of(
+    addr: SocketAddr,
+    src: &str,
+    dest: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().get(format!(
+        "http://{addr}/api/v3/delta/status?src={src}&dest={dest}"
+    ));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// Issue 11: the status endpoint reads, never builds; it reports what a device downloads.
+#[tokio::test]
+async fn status_reports_without_building_under_the_same_token_rules() {
+    let registry = TestRegistry::shared();
+    let images = push_images(&registry).await;
+    let key = TestKey::generate();
+    let verifier = Verifier::from_pem(key.public_pem.as_bytes()).unwrap();
+    let (addr, server, _store) = start(&images, Auth::Jwt(verifier), Duration::ZERO).await;
+    let both = [images.dest_repo.as_str(), images.src_repo.as_str()];
+    let token = key.sign(&claims(&images.registry, &both, now() + 600));
+
+    // Asked twice before any delta request: none, and nothing is built.
+    for _ in 0..2 {
+        let (status, body) = status_of(addr, &images.src, &images.dest, Some(&token)).await;
+        assert_eq!(
+            (status, &body),
+            (200, &serde_json::json!({"status": "none"}))
+        );
+    }
+    assert_eq!(server.backend().builder().builds_started(), 0);
+
+    // The refusals of /api/v3/delta, before anything is read.
+    let src_only = key.sign(&claims(&images.registry, &[&images.src_repo], now() + 600));
+    let wrong_aud = key.sign(&claims("other.example", &both, now() + 600));
+    let expired = key.sign(&claims(&images.registry, &both, now() - 600));
+    let other = TestKey::generate().sign(&claims(&images.registry, &both, now() + 600));
+    for (token, expected) in [
+        (None, 401),
+        (Some(&*other), 401),
+        (Some(&*expired), 401),
+        (Some(&*wrong_aud), 401),
+        (Some(&*src_only), 403),
+    ] {
+        let (status, body) = status_of(addr, &images.src, &images.dest, token).await;
+        assert_eq!(status, expected, "{body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (status, _) = status_of(addr, &images.src, "127.0.0.1:1/v2/x:latest", Some(&token)).await;
+    assert_eq!(status, 403, "a registry off the allow list");
+    let (status, _) = status_of(addr, &images.src, "not a reference", Some(&token)).await;
+    assert_eq!(status, 400);
+    let (status, _) = status_of(addr, &images.src, &images.src, Some(&token)).await;
+    assert_eq!(status, 422);
+    assert_eq!(server.backend().builder().builds_started(), 0);
+
+    // A delta request starts the build; status follows it to ready without a second one.
+    let (status, _) = ask(addr, &images.src, &images.dest, Some(&token)).await;
+    assert_eq!(status, 504);
+    let mut ready = serde_json::Value::Null;
+    for _ in 0..600 {
+        let (status, body) = status_of(addr, &images.src, &images.dest, Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        match body["status"].as_str() {
+            Some("ready") => {
+                ready = body;
+                break;
+            }
+            Some("building") => assert_eq!(body["version"], 3, "{body}"),
+            other => panic!("unexpected status {other:?}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready["version"], 3, "{ready}");
+    let (status, answer) = ask(addr, &images.src, &images.dest, Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["name"], answer["name"], "the name a device is given");
+    let name = ready["name"].as_str().unwrap();
+    let delta = open_source(&name.parse().unwrap(), &images.opts)
+        .await
+        .unwrap();
+    let inspected = bru_delta::inspect(&*delta).await.unwrap();
+    assert_eq!(ready["download_bytes"], inspected.download_bytes);
+    let store = server.backend().store();
+    let id_of = |location: &str| {
+        let location = location.to_owned();
+        async move {
+            store
+                .image_by_location(&location)
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+        }
+    };
+    let (src_id, dest_id) = (id_of(&images.src).await, id_of(&images.dest).await);
+    let row = store
+        .newest_delta(src_id, dest_id, 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ready["id"], row.id);
+    assert_eq!(server.backend().builder().builds_started(), 1);
+}

@@ -65,6 +65,7 @@ async fn the_balena_client_reads_releases_images_and_deltas() {
         api_url: url.clone(),
         delta_url: url,
         data_directory: data.path().to_path_buf(),
+        delta_api: bru_balena::DeltaApi::Pine,
     };
     let client = BalenaClient::new(&settings).unwrap();
 

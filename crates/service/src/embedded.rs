@@ -237,6 +237,13 @@ impl Embedded {
         })
     }
 
+    /// How long requests for (src, dest) are still held back after its build was
+    /// interrupted by a transient failure, if they are (read only; for status answers).
+    pub fn interrupted_for(&self, src: u64, dest: u64) -> Option<Duration> {
+        self.interrupted_until(src, dest)
+            .map(|i| i.until.saturating_duration_since(Instant::now()))
+    }
+
     /// The back-off of a pair interrupted by a transient failure, while it lasts.
     fn interrupted_until(&self, src: u64, dest: u64) -> Option<Interrupted> {
         let map = self.interrupted.lock().unwrap_or_else(|p| p.into_inner());

@@ -182,3 +182,6 @@ pub async fn copy_image(from: &str, to: &str, opts: &bru_oci::RegistryOptions) {
         .await
         .expect("copy the image");
 }
+
+#[cfg(feature = "openbalena")]
+pub mod openbalena;
