@@ -16,6 +16,7 @@
 //! ```
 
 use chrono::{DateTime, Utc};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
 
 /// A literal in a filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,34 +204,31 @@ impl Query {
     }
 }
 
+/// What JavaScript's `encodeURIComponent` escapes: everything but ASCII alphanumerics and
+/// `-_.!~*'()`.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// What WHATWG URL serialisation escapes in the query of a special-scheme URL (space, `"`,
+/// `'`, `<`, `>`, and controls), applied to an already compiled query string.
+const SPECIAL_QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'\'').add(b'<').add(b'>');
+
 /// JavaScript `encodeURIComponent`.
 pub fn encode_uri_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, URI_COMPONENT).to_string()
 }
 
-/// What WHATWG URL serialisation encodes in the query of a special-scheme URL, applied to
-/// an already compiled (ASCII) query string.
+/// The query as a browser (and the npm tool's HTTP client) puts it on the wire.
 fn wire_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            ' ' => out.push_str("%20"),
-            '"' => out.push_str("%22"),
-            '\'' => out.push_str("%27"),
-            '<' => out.push_str("%3C"),
-            '>' => out.push_str("%3E"),
-            c => out.push(c),
-        }
-    }
-    out
+    utf8_percent_encode(s, SPECIAL_QUERY).to_string()
 }
 
 /// The release expand of balena-sdk's `release.getWithImageDetails`; without the
