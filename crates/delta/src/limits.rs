@@ -196,7 +196,7 @@ impl fmt::Display for ByteSize {
             (MIB, "MiB"),
             (KIB, "KiB"),
         ] {
-            if n != 0 && n % scale == 0 {
+            if n != 0 && n.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", n / scale);
             }
         }

@@ -106,12 +106,17 @@
 //! # Standalone
 //!
 //! With `--no-auth` on a trusted network, `release add --store DIR` records releases and
-//! `GET /api/v3/delta?src=<image id>&dest=<image id>` builds deltas between store images,
-//! including OCI layouts (the answer is then an `oci:` location on the server's disk).
+//! `GET /api/v3/delta?src=<image id>&dest=<image id>` builds deltas between store images on
+//! registries. Store images that are not on a registry (OCI layouts, docker-archives) are
+//! refused with 422: their delta would be written where no device can pull it; the embedded
+//! client (`--store DIR`) builds those.
 #![deny(missing_docs)]
 
 mod auth;
+mod authorize;
+mod config;
 mod conn;
+mod error;
 mod images;
 mod metrics;
 mod pine;
@@ -119,7 +124,6 @@ mod query;
 mod status;
 mod tags;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,109 +133,23 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use bru_core::retry::RetryPolicy;
-use bru_oci::{ImageReference, RegistryOptions, RegistryReference};
-use bru_service::{
-    Bandwidth, BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord, ServiceError,
-};
+use bru_service::{BuilderConfig, DeltaRequest, Embedded, ImageRecord};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
 
 pub use auth::Verifier;
+pub use config::{Auth, ServerConfig, ServerError};
 pub use conn::{open_file_limit, Limits, FD_RESERVE};
 pub use query::{parse_query, Requested};
 
+use error::{error_body, ApiError, TRANSIENT_RETRY_AFTER};
 use metrics::{BuildHook, Metrics};
 use tags::TagCache;
 
-/// `Retry-After` of a `503` for a transient store failure (database busy, disk full).
-const TRANSIENT_RETRY_AFTER: Duration = Duration::from_secs(5);
-
 /// The longest a delta request is held open: below the 25 s every supervisor tolerates.
 pub const MAX_POLL: Duration = Duration::from_secs(24);
-
-/// Errors starting the server.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The token verification key is not usable.
-    #[error("unusable public key: {reason}")]
-    Key {
-        /// Why.
-        reason: String,
-    },
-    /// The store could not be opened.
-    #[error("cannot open the store")]
-    Store(#[source] bru_service::ServiceError),
-    /// Serving failed (the listener broke).
-    #[error("serving failed")]
-    Serve(#[source] std::io::Error),
-}
-
-/// Who may ask for deltas.
-#[derive(Debug, Clone)]
-pub enum Auth {
-    /// Anyone (explicit `--no-auth`).
-    None,
-    /// Holders of a registry token signed by this key.
-    Jwt(Verifier),
-}
-
-/// How the server runs.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// The store directory (database and local deltas under `state/`).
-    pub store_dir: PathBuf,
-    /// How registries are reached (plain-HTTP hosts, credentials).
-    pub registry: RegistryOptions,
-    /// Registries images may be read from: `HOST:PORT` matches exactly, a bare `HOST`
-    /// matches that host on any port. Requests naming any other registry get 403.
-    pub allowed_registries: Vec<String>,
-    /// Token checking.
-    pub auth: Auth,
-    /// How long a request waits for a build before answering 504 (capped at [`MAX_POLL`]).
-    pub poll: Duration,
-    /// Build-once rules (stale builds, failure cool-down).
-    pub policy: ClaimPolicy,
-    /// Download bandwidth of the devices deltas are built for, unless their fleet in the
-    /// store has its own; `None` builds the fewest bytes.
-    pub device_bandwidth: Option<Bandwidth>,
-    /// Connection and request limits.
-    pub limits: Limits,
-    /// How long a tag's resolution to an image is reused before the registry is asked
-    /// again (see the `tags` module; zero asks every time). Default 30 s.
-    pub tag_ttl: Duration,
-    /// The longest one build may take, retries included (default 2 h).
-    pub build_timeout: Duration,
-    /// A build without progress for this long is given up (default 10 min).
-    pub stall_timeout: Duration,
-    /// How a build retries its transient failures before it is given up (default
-    /// [`RetryPolicy::BUILD`]).
-    pub build_retry: RetryPolicy,
-}
-
-impl ServerConfig {
-    /// Defaults: 20 s long-poll, default claim policy and limits, no registries allowed,
-    /// deltas for devices at 1 MB/s.
-    pub fn new(store_dir: impl Into<PathBuf>, auth: Auth) -> Self {
-        ServerConfig {
-            store_dir: store_dir.into(),
-            registry: RegistryOptions::default(),
-            allowed_registries: Vec::new(),
-            auth,
-            poll: Duration::from_secs(20),
-            policy: ClaimPolicy::default(),
-            device_bandwidth: Some(Bandwidth::default()),
-            limits: Limits::default(),
-            tag_ttl: Duration::from_secs(30),
-            build_timeout: Duration::from_secs(2 * 60 * 60),
-            stall_timeout: Duration::from_secs(10 * 60),
-            build_retry: RetryPolicy::BUILD,
-        }
-    }
-}
 
 #[derive(Debug)]
 struct AppState {
@@ -378,106 +296,6 @@ async fn request_limits(
     next.run(req).await
 }
 
-/// An error answer: a status, a short public message, and details for the log only.
-///
-/// Bodies are `{"error": MESSAGE, "request_id": ID}`. Messages never carry server paths,
-/// registry URLs or the text of internal errors; those go to the log as `detail`, in the
-/// request's span (which has the same request id).
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    message: String,
-    detail: Option<String>,
-    retry_after: Option<Duration>,
-}
-
-/// The public message of an error answer, for [`error_body`].
-#[derive(Debug, Clone)]
-struct PublicError(String);
-
-impl ApiError {
-    /// `message` is sent to the client: it may only say what the client sent or a fixed text.
-    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            message: message.into(),
-            detail: None,
-            retry_after: None,
-        }
-    }
-
-    /// Adds a `Retry-After` header (whole seconds, at least 1).
-    pub(crate) fn retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
-        self
-    }
-
-    /// A store or build failure: transient ones (database busy, disk full, registry down)
-    /// are `503` with `Retry-After`, the rest `500`. Details go to the log only.
-    pub(crate) fn service(e: &ServiceError) -> Self {
-        if e.is_transient() {
-            ApiError::new(503, "temporarily unavailable; ask again")
-                .retry_after(TRANSIENT_RETRY_AFTER)
-                .detail(e)
-        } else {
-            ApiError::internal(e)
-        }
-    }
-
-    /// Adds details for the log (URLs in them are redacted).
-    pub(crate) fn detail(mut self, detail: impl std::fmt::Display) -> Self {
-        self.detail = Some(bru_core::redact_text(&detail.to_string()).into_owned());
-        self
-    }
-
-    pub(crate) fn internal(e: &dyn std::fmt::Display) -> Self {
-        ApiError::new(500, "internal error").detail(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let detail = self.detail.as_deref().unwrap_or("");
-        if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
-            tracing::warn!(status = %self.status, error = %self.message, detail, "request failed");
-        } else {
-            tracing::info!(status = %self.status, reason = %self.message, detail, "request refused");
-        }
-        let mut response = Json(serde_json::json!({ "error": self.message })).into_response();
-        *response.status_mut() = self.status;
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(after) = self.retry_after {
-            let secs = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response.extensions_mut().insert(PublicError(self.message));
-        response
-    }
-}
-
-/// Puts the request id into the body of error answers.
-async fn error_body(req: Request<axum::body::Body>, next: axum::middleware::Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut response = next.run(req).await;
-    let Some(PublicError(message)) = response.extensions_mut().remove::<PublicError>() else {
-        return response;
-    };
-    let (mut parts, _) = response.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body = serde_json::json!({ "error": message, "request_id": id }).to_string();
-    Response::from_parts(parts, axum::body::Body::from(body))
-}
-
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -515,184 +333,15 @@ async fn delta(
     response
 }
 
-/// One side of a request once known: its store record and registry location.
-struct Side {
-    image: ImageRecord,
-    registry: Option<RegistryReference>,
-}
-
 async fn answer(
     state: &AppState,
     query: &str,
     headers: &HeaderMap,
     started: tokio::time::Instant,
 ) -> Result<String, ApiError> {
-    let (src, dest) = query::parse_query(query).map_err(|m| ApiError::new(400, m))?;
-    let claims = match &state.config.auth {
-        Auth::None => None,
-        Auth::Jwt(verifier) => Some(authenticate(verifier, headers)?),
-    };
-    for side in [&src, &dest] {
-        if let Requested::Registry(r) = side {
-            if !registry_allowed(&state.config.allowed_registries, &r.registry) {
-                return Err(ApiError::new(
-                    403,
-                    format!("registry {} is not on the allow list", r.registry),
-                ));
-            }
-        }
-    }
-    // The token is checked before the store is read. References name their registry and
-    // repository, so they are checked as given. An image id can only be checked once it is
-    // looked up; with a token every failure about an id (unknown, not on a registry, not
-    // granted) answers the same 403, so ids cannot be enumerated.
-    if let Some(claims) = &claims {
-        for side in [&src, &dest] {
-            if let Requested::Registry(r) = side {
-                check_token(claims, &r.registry, &r.repository)?;
-            }
-        }
-    }
-    let src_known = known(state, &src, claims.as_ref()).await?;
-    let dest_known = known(state, &dest, claims.as_ref()).await?;
-    // A slow registry must not hold the device past the budget either.
-    let sides = async {
-        let src = resolve(state, &src, src_known).await?;
-        let dest = resolve(state, &dest, dest_known).await?;
-        Ok::<_, ApiError>((src, dest))
-    };
-    let (src, dest) = tokio::time::timeout_at(started + MAX_POLL, sides)
-        .await
-        .map_err(|_| {
-            ApiError::new(503, "the registry did not answer in time")
-                .retry_after(TRANSIENT_RETRY_AFTER)
-        })??;
-    // A delta of images that are not on a registry (OCI layouts, archives of the store)
-    // would be written where no device can pull it.
-    for side in [&src, &dest] {
-        if side.registry.is_none() {
-            return Err(ApiError::new(
-                422,
-                "the image is not on a registry; devices cannot pull its delta",
-            )
-            .detail(format!("image {}", side.image.id)));
-        }
-    }
+    let (src, dest) = authorize::authorize(state, query, headers, started).await?;
     let deadline = started + state.config.poll.min(MAX_POLL);
     wait_for_delta(state, &src.image, &dest.image, deadline).await
-}
-
-fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Result<auth::Claims, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::new(401, "a bearer token is required"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| ApiError::new(401, "expected Authorization: Bearer <token>"))?;
-    verifier
-        .verify(token)
-        .map_err(|reason| ApiError::new(401, "invalid token").detail(reason))
-}
-
-/// The token must be for `registry` (`aud`) and grant `pull` on `repository` (`access`).
-fn check_token(claims: &auth::Claims, registry: &str, repository: &str) -> Result<(), ApiError> {
-    if !claims.audience_allows(registry) {
-        return Err(ApiError::new(
-            401,
-            format!("the token is not for registry {registry}"),
-        ));
-    }
-    if !claims.grants_pull(repository) {
-        return Err(ApiError::new(
-            403,
-            format!("the token does not grant pull on {repository}"),
-        ));
-    }
-    Ok(())
-}
-
-fn registry_allowed(allowed: &[String], registry: &str) -> bool {
-    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
-    allowed
-        .iter()
-        .any(|a| a == registry || (!a.contains(':') && a == host))
-}
-
-/// Image ids are looked up in the store (and, with a token, checked against it); registry
-/// references are resolved later.
-async fn known(
-    state: &AppState,
-    side: &Requested,
-    claims: Option<&auth::Claims>,
-) -> Result<Option<Side>, ApiError> {
-    let Requested::Id(id) = side else {
-        return Ok(None);
-    };
-    let found = state
-        .backend
-        .store()
-        .image(*id)
-        .await
-        .map_err(|e| ApiError::service(&e))?
-        .filter(|i| i.status == "success");
-    let side = found.map(|image| {
-        let registry = match image.location.parse::<ImageReference>() {
-            Ok(ImageReference::Registry(r)) => Some(r),
-            _ => None,
-        };
-        Side { image, registry }
-    });
-    let Some(claims) = claims else {
-        return side
-            .map(Some)
-            .ok_or_else(|| ApiError::new(404, format!("no image with id {id}")));
-    };
-    let granted = match &side {
-        Some(Side {
-            registry: Some(r), ..
-        }) => check_token(claims, &r.registry, &r.repository).map_err(|e| e.message),
-        Some(_) => Err("the image is not on a registry".to_string()),
-        None => Err("no such image".to_string()),
-    };
-    match granted {
-        Ok(()) => Ok(side),
-        Err(why) => Err(
-            ApiError::new(403, format!("the token does not grant pull on image {id}")).detail(why),
-        ),
-    }
-}
-
-async fn resolve(
-    state: &AppState,
-    side: &Requested,
-    known: Option<Side>,
-) -> Result<Side, ApiError> {
-    match (side, known) {
-        (_, Some(side)) => Ok(side),
-        (Requested::Registry(r), None) => {
-            let image = match state.tags.get(r) {
-                Some(image) => image,
-                None => {
-                    let image =
-                        images::registry_image(&**state.backend.store(), &state.config.registry, r)
-                            .await?;
-                    state.tags.put(r, &image);
-                    image
-                }
-            };
-            Ok(Side {
-                image,
-                registry: Some(r.clone()),
-            })
-        }
-        (Requested::Id(id), None) => Err(ApiError::new(404, format!("no image with id {id}"))),
-    }
 }
 
 /// Asks for the delta and long-polls it until `deadline`.
@@ -702,12 +351,6 @@ async fn wait_for_delta(
     dest: &ImageRecord,
     deadline: tokio::time::Instant,
 ) -> Result<String, ApiError> {
-    if src.id == dest.id {
-        return Err(ApiError::new(
-            422,
-            "source and destination are the same image",
-        ));
-    }
     loop {
         match state.backend.request(src.id, dest.id).await {
             Ok(DeltaRequest::Ready(row)) => {
@@ -734,55 +377,5 @@ async fn wait_for_delta(
             return Err(ApiError::new(504, "the delta is being built; ask again"));
         }
         tokio::time::sleep((deadline - now).min(Duration::from_millis(200))).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tower::ServiceExt as _;
-
-    #[tokio::test]
-    async fn error_bodies_carry_the_request_id_and_no_details() {
-        async fn failing() -> ApiError {
-            ApiError::internal(
-                &"open /var/lib/bru/state/store.sqlite via https://u:pw@reg/v2?token=x",
-            )
-        }
-        let router = Router::new()
-            .route("/", get(failing))
-            .layer(axum::middleware::from_fn(error_body));
-        let request = Request::builder()
-            .uri("/")
-            .header("x-request-id", "req-7")
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let response = router.oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(
-            body,
-            serde_json::json!({"error": "internal error", "request_id": "req-7"})
-        );
-        let detail = ApiError::internal(&"fetch https://u:pw@reg/v2?token=x").detail;
-        assert_eq!(
-            detail.as_deref(),
-            Some("fetch https://u:***@reg/v2?token=***")
-        );
-    }
-
-    #[test]
-    fn allow_list_matches_host_or_host_and_port() {
-        let allowed = vec!["127.0.0.1:5055".to_string(), "reg.example".to_string()];
-        assert!(registry_allowed(&allowed, "127.0.0.1:5055"));
-        assert!(!registry_allowed(&allowed, "127.0.0.1:5056"));
-        assert!(!registry_allowed(&allowed, "127.0.0.1"));
-        assert!(registry_allowed(&allowed, "reg.example"));
-        assert!(registry_allowed(&allowed, "reg.example:443"));
-        assert!(!registry_allowed(&allowed, "reg.example.evil"));
-        assert!(!registry_allowed(&[], "reg.example"));
     }
 }

@@ -32,8 +32,7 @@ use axum::Json;
 use bru_service::{DeltaRecord, DeltaStatus, DELTA_VERSION};
 use serde::Serialize;
 
-use crate::query::{self, Requested};
-use crate::{ApiError, AppState, Auth, MAX_POLL};
+use crate::{ApiError, AppState};
 
 /// The body of a status answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -79,46 +78,13 @@ async fn answer(
     headers: &HeaderMap,
 ) -> Result<DeltaState, ApiError> {
     let started = tokio::time::Instant::now();
-    let (src, dest) = query::parse_query(query).map_err(|m| ApiError::new(400, m))?;
-    let claims = match &state.config.auth {
-        Auth::None => None,
-        Auth::Jwt(verifier) => Some(crate::authenticate(verifier, headers)?),
-    };
-    for side in [&src, &dest] {
-        if let Requested::Registry(r) = side {
-            if !crate::registry_allowed(&state.config.allowed_registries, &r.registry) {
-                return Err(ApiError::new(
-                    403,
-                    format!("registry {} is not on the allow list", r.registry),
-                ));
-            }
-            if let Some(claims) = &claims {
-                crate::check_token(claims, &r.registry, &r.repository)?;
-            }
-        }
-    }
-    let src_known = crate::known(state, &src, claims.as_ref()).await?;
-    let dest_known = crate::known(state, &dest, claims.as_ref()).await?;
-    let sides = async {
-        let src = crate::resolve(state, &src, src_known).await?;
-        let dest = crate::resolve(state, &dest, dest_known).await?;
-        Ok::<_, ApiError>((src, dest))
-    };
-    let (src, dest) = tokio::time::timeout_at(started + MAX_POLL, sides)
-        .await
-        .map_err(|_| ApiError::new(503, "the registry did not answer in time"))??;
-    if src.image.id == dest.image.id {
-        return Err(ApiError::new(
-            422,
-            "source and destination are the same image",
-        ));
-    }
+    let (src, dest) = crate::authorize::authorize(state, query, headers, started).await?;
     let row = state
         .backend
         .store()
         .newest_delta(src.image.id, dest.image.id, DELTA_VERSION)
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| ApiError::service(&e))?;
     let held_back = state.backend.interrupted_for(src.image.id, dest.image.id);
     Ok(with_interruption(
         state_of(row, &state.config.policy, now_ms()),
