@@ -13,9 +13,10 @@ use tokio::time::Instant;
 
 use crate::builder::{chain, BuilderConfig, DeltaBuilder};
 use crate::import::{absolutize, check_release, resolve_image, FleetFile};
-use crate::sqlite::{now_ms, SqliteStore};
+use crate::database::Database;
+use crate::postgres::PostgresOptions;
 use crate::store::{
-    Claim, ClaimPolicy, DeltaRecord, ImageRecord, ReleaseRecord, Store, DELTA_VERSION,
+    now_ms, Claim, ClaimPolicy, DeltaRecord, ImageRecord, ReleaseRecord, Store, DELTA_VERSION,
 };
 use crate::ServiceError;
 
@@ -102,6 +103,19 @@ impl Embedded {
     /// imported the first time. `config.delta_dir` is replaced by `dir/state/deltas`.
     pub async fn open(
         dir: &Path,
+        config: BuilderConfig,
+        policy: ClaimPolicy,
+    ) -> Result<Self, ServiceError> {
+        Self::open_with(dir, None, config, policy).await
+    }
+
+    /// [`Embedded::open`] with the records in `database` instead of
+    /// `dir/state/store.sqlite` (`None`: there). The directory still holds the fleet file
+    /// and the deltas of non-registry images; instances sharing a PostgreSQL database each
+    /// have their own directory and build deltas into the images' registries.
+    pub async fn open_with(
+        dir: &Path,
+        database: Option<&Database>,
         mut config: BuilderConfig,
         policy: ClaimPolicy,
     ) -> Result<Self, ServiceError> {
@@ -109,7 +123,17 @@ impl Embedded {
         // they stay valid from any working directory.
         let dir = &std::path::absolute(dir).map_err(ServiceError::io(dir))?;
         let state = state_dir(dir);
-        let store = SqliteStore::open(state.join("store.sqlite")).await?;
+        let store = match database {
+            Some(database) => {
+                tracing::info!(%database, "opening the store");
+                database.open(PostgresOptions::default()).await?
+            }
+            None => {
+                Database::Sqlite(state.join("store.sqlite"))
+                    .open(PostgresOptions::default())
+                    .await?
+            }
+        };
         config.delta_dir = state.join("deltas");
         let fleet_file = dir.join("fleet.json");
         let owner = local_owner();
@@ -128,7 +152,7 @@ impl Embedded {
             Err(e) => tracing::warn!(error = %e, "cannot clean work directories of dead builds"),
         }
         let mut this = Embedded::new(
-            Arc::new(store.clone()),
+            Arc::clone(&store),
             DeltaBuilder::new(config),
             owner,
             policy,
@@ -214,8 +238,10 @@ impl Embedded {
             .await?;
         if let Claim::Running(row) = &claim {
             // A build whose process is gone from this machine is taken over at once, not
-            // after its heartbeat goes stale.
-            if owner_is_dead(&row.owner) && self.store.abandon_delta(row.id, &row.owner).await? {
+            // after its heartbeat goes stale; so is a row of this instance that no build
+            // here runs any more (its build ended without reaching the database).
+            let orphan = row.owner == self.owner || owner_is_dead(&row.owner);
+            if orphan && self.store.abandon_delta(row.id, &row.owner).await? {
                 tracing::info!(delta = row.id, owner = %row.owner, "taking over a build whose process ended");
                 claim = self
                     .store

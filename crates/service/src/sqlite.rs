@@ -3,15 +3,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bru_delta::Bandwidth;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::store::{
-    Claim, ClaimPolicy, DeltaRecord, DeltaStatus, ImageRecord, NewImage, Outcome, ReleaseRecord,
-    Store,
+    decide_claim, now_ms, Claim, ClaimPolicy, ClaimStep, DeltaRecord, DeltaStatus, ImageRecord,
+    NewImage, Outcome, ReleaseRecord, Store,
 };
 use crate::ServiceError;
 
@@ -99,18 +99,6 @@ DROP TABLE registry_pseudo_releases;
 "#,
 ];
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// A [`Store`] in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -137,30 +125,6 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Reads a value of the store's key/value metadata.
-    pub async fn meta(&self, key: &str) -> Result<Option<String>, ServiceError> {
-        let key = key.to_string();
-        self.call(move |c| {
-            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
-        })
-        .await
-    }
-
-    /// Sets a value of the store's key/value metadata.
-    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), ServiceError> {
-        let (key, value) = (key.to_string(), value.to_string());
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [key, value],
-            )
-            .map(drop)
-        })
-        .await
     }
 
     /// Runs `f` on the connection on a blocking thread.
@@ -371,6 +335,30 @@ fn releases_where(
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// Reads a value of the store's key/value metadata.
+    async fn meta(&self, key: &str) -> Result<Option<String>, ServiceError> {
+        let key = key.to_string();
+        self.call(move |c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    /// Sets a value of the store's key/value metadata.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), ServiceError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     async fn add_release(
         &self,
         fleet: &str,
@@ -682,41 +670,33 @@ impl Store for SqliteStore {
                     return Err(Failure::Service(ServiceError::UnknownImage { id }));
                 }
             }
-            if let Some(row) =
-                newest_with_status(&tx, src, dest, version, Some(DeltaStatus::Success))?
-            {
-                return Ok(Claim::Ready(row));
-            }
-            if let Some(row) =
-                newest_with_status(&tx, src, dest, version, Some(DeltaStatus::Running))?
-            {
-                if row.update_timestamp > now.saturating_sub(ms(policy.stale_after)) {
-                    return Ok(Claim::Running(row));
+            let newest = |status| newest_with_status(&tx, src, dest, version, Some(status));
+            let (success, running, failed) = (
+                newest(DeltaStatus::Success)?,
+                newest(DeltaStatus::Running)?,
+                newest(DeltaStatus::Failed)?,
+            );
+            match decide_claim(now, &policy, success, running, failed) {
+                ClaimStep::Answer(claim) => return Ok(claim),
+                ClaimStep::TakeOver(row) => {
+                    tracing::warn!(
+                        delta = row.id,
+                        previous_owner = %row.owner,
+                        "taking over a stale running delta build"
+                    );
+                    tx.execute(
+                        "UPDATE deltas SET owner = ?1, update_timestamp = ?2
+                         WHERE id = ?3 AND status = 'running'",
+                        params![owner, now, row.id],
+                    )?;
+                    let row = delta_by_id(&tx, row.id)?;
+                    tx.commit()?;
+                    return Ok(Claim::Claimed {
+                        row,
+                        took_over: true,
+                    });
                 }
-                tracing::warn!(
-                    delta = row.id,
-                    previous_owner = %row.owner,
-                    "taking over a stale running delta build"
-                );
-                tx.execute(
-                    "UPDATE deltas SET owner = ?1, update_timestamp = ?2
-                     WHERE id = ?3 AND status = 'running'",
-                    params![owner, now, row.id],
-                )?;
-                let row = delta_by_id(&tx, row.id)?;
-                tx.commit()?;
-                return Ok(Claim::Claimed {
-                    row,
-                    took_over: true,
-                });
-            }
-            if let Some(row) =
-                newest_with_status(&tx, src, dest, version, Some(DeltaStatus::Failed))?
-            {
-                let ended = row.end_timestamp.unwrap_or(row.update_timestamp);
-                if ended > now.saturating_sub(ms(policy.retry_failed_after)) {
-                    return Ok(Claim::Failed(row));
-                }
+                ClaimStep::Insert => {}
             }
             tx.execute(
                 "INSERT INTO deltas (originates_from__image, produces__image, version, status,
