@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bru_server::{open_file_limit, Auth, Limits, Server, ServerConfig, Verifier, MAX_POLL};
-use bru_service::Bandwidth;
+use bru_service::{Bandwidth, Database};
 use clap::Args;
 
 /// Status codes of /api/v3/delta, for `serve --help`.
@@ -41,6 +41,9 @@ Limits:
   head not complete within --header-timeout-seconds      connection closed
   more than --max-connections open, all busy             503 Retry-After: 1, connection closed";
 
+/// The environment variable that may carry `--database` (its value is never shown).
+pub const DATABASE_ENV: &str = "BRU_DATABASE_URL";
+
 /// Serve the supervisor's delta endpoint (GET /api/v3/delta) over an embedded store.
 ///
 /// Deltas are built once per image pair, in the background, into the destination
@@ -57,6 +60,11 @@ pub struct ServeArgs {
     /// The store directory (database in DIR/state/, created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
+    /// Keep the records in this database instead of DIR/state/store.sqlite:
+    /// postgres://USER:PASSWORD@HOST[:PORT]/DB, shared by any number of servers (each with
+    /// its own --store), or sqlite:PATH. Migrated at start.
+    #[arg(long, value_name = "URL", env = DATABASE_ENV, hide_env_values = true)]
+    database: Option<Database>,
     /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure: Vec<String>,
@@ -141,6 +149,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("no --allow-registry: only store image ids can be requested");
     }
     let mut config = ServerConfig::new(&args.store, auth);
+    config.database = args.database.clone();
     config.registry.insecure = args.insecure;
     config.registry.credentials = credentials;
     config.allowed_registries = args.allow;
@@ -177,14 +186,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let server = Server::open(config)
             .await
-            .with_context(|| format!("opening store {}", args.store.display()))?;
+            .with_context(|| match &args.database {
+                Some(database) => format!("opening store {} on {database}", args.store.display()),
+                None => format!("opening store {}", args.store.display()),
+            })?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener
             .local_addr()
             .context("reading the listen address")?;
-        tracing::warn!(%addr, max_connections, "serving");
+        let database = args.database.as_ref().map(ToString::to_string);
+        tracing::warn!(%addr, max_connections, database, "serving");
         server.serve(listener, shutdown_signal()).await?;
         tracing::warn!("stopped");
         Ok(ExitCode::SUCCESS)

@@ -132,7 +132,8 @@ use axum::{Json, Router};
 use bru_core::retry::RetryPolicy;
 use bru_oci::{ImageReference, RegistryOptions, RegistryReference};
 use bru_service::{
-    Bandwidth, BuilderConfig, ClaimPolicy, DeltaRequest, Embedded, ImageRecord, ServiceError,
+    Bandwidth, BuilderConfig, ClaimPolicy, Database, DeltaRequest, Embedded, ImageRecord,
+    ServiceError,
 };
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -184,6 +185,9 @@ pub enum Auth {
 pub struct ServerConfig {
     /// The store directory (database and local deltas under `state/`).
     pub store_dir: PathBuf,
+    /// Where the records are instead of `store_dir/state/store.sqlite`: a PostgreSQL
+    /// database shared by several servers (default `None`: the SQLite file).
+    pub database: Option<Database>,
     /// How registries are reached (plain-HTTP hosts, credentials).
     pub registry: RegistryOptions,
     /// Registries images may be read from: `HOST:PORT` matches exactly, a bare `HOST`
@@ -218,6 +222,7 @@ impl ServerConfig {
     pub fn new(store_dir: impl Into<PathBuf>, auth: Auth) -> Self {
         ServerConfig {
             store_dir: store_dir.into(),
+            database: None,
             registry: RegistryOptions::default(),
             allowed_registries: Vec::new(),
             auth,
@@ -261,8 +266,13 @@ impl Server {
         // Heartbeat well within the stale limit, so live builds are never taken over.
         builder.heartbeat_interval = (config.policy.stale_after / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let backend = Embedded::open(&config.store_dir, builder, config.policy)
-            .await
+        let backend = Embedded::open_with(
+            &config.store_dir,
+            config.database.as_ref(),
+            builder,
+            config.policy,
+        )
+        .await
             .map_err(ServerError::Store)?;
         Ok(Server {
             state: Arc::new(AppState {
