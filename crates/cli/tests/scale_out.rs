@@ -34,7 +34,12 @@ fn serve(database: &str, store: &Path, registry: &str, extra: &[&str]) -> Instan
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--store"])
         .arg(store)
-        .args(["--allow-registry", registry, "--insecure-registry", registry])
+        .args([
+            "--allow-registry",
+            registry,
+            "--insecure-registry",
+            registry,
+        ])
         .args(extra)
         // The URL comes from the environment, as in a deployment.
         .env("BRU_DATABASE_URL", database)
@@ -48,7 +53,10 @@ fn serve(database: &str, store: &Path, registry: &str, extra: &[&str]) -> Instan
     let mut log = String::new();
     let addr = loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no serving line: {log}");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no serving line: {log}"
+        );
         log.push_str(&line);
         if let Some((_, rest)) = line.split_once("addr=") {
             break rest.split_whitespace().next().unwrap().to_string();
@@ -110,8 +118,7 @@ async fn push_images(registry: &str, n: usize, len: usize, dir: &Path) -> Vec<St
         let tag = format!("v{i}");
         let spec = ImageSpec::new(vec![tar_of(&[("app/bin", &app)])]);
         layout.write_image(&tag, &spec).unwrap();
-        let from: bru_oci::ImageReference =
-            format!("oci:{}:{tag}", dir.display()).parse().unwrap();
+        let from: bru_oci::ImageReference = format!("oci:{}:{tag}", dir.display()).parse().unwrap();
         let to = format!("{registry}/{repo}:{tag}");
         let src = bru_oci::open_source(&from, &opts).await.unwrap();
         let sink = bru_oci::open_sink(&to.parse().unwrap(), &opts)

@@ -273,7 +273,7 @@ impl Server {
             config.policy,
         )
         .await
-            .map_err(ServerError::Store)?;
+        .map_err(ServerError::Store)?;
         Ok(Server {
             state: Arc::new(AppState {
                 backend,

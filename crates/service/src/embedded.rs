@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::builder::{chain, BuilderConfig, DeltaBuilder};
-use crate::import::{absolutize, check_release, resolve_image, FleetFile};
 use crate::database::Database;
+use crate::import::{absolutize, check_release, resolve_image, FleetFile};
 use crate::postgres::PostgresOptions;
 use crate::store::{
     now_ms, Claim, ClaimPolicy, DeltaRecord, ImageRecord, ReleaseRecord, Store, DELTA_VERSION,
@@ -151,12 +151,7 @@ impl Embedded {
             }
             Err(e) => tracing::warn!(error = %e, "cannot clean work directories of dead builds"),
         }
-        let mut this = Embedded::new(
-            Arc::clone(&store),
-            DeltaBuilder::new(config),
-            owner,
-            policy,
-        );
+        let mut this = Embedded::new(Arc::clone(&store), DeltaBuilder::new(config), owner, policy);
         this.label = dir.display().to_string();
         if fleet_file.exists() && store.meta("fleet_file_imported").await?.is_none() {
             let file = FleetFile::read(&fleet_file)?;

@@ -21,7 +21,12 @@ async fn connect(url: &str) -> PostgresStore {
 }
 
 /// An instance of the service on the database at `url`, with its own connection pool.
-async fn instance(url: &str, deltas: &std::path::Path, owner: &str, policy: ClaimPolicy) -> Embedded {
+async fn instance(
+    url: &str,
+    deltas: &std::path::Path,
+    owner: &str,
+    policy: ClaimPolicy,
+) -> Embedded {
     let mut config = BuilderConfig::new(deltas);
     config.heartbeat_interval = Duration::from_millis(200);
     Embedded::new(
@@ -37,7 +42,11 @@ async fn import(backend: &Embedded, images: &[String]) -> Vec<u64> {
     let mut ids = Vec::new();
     for (i, image) in images.iter().enumerate() {
         let release = backend
-            .add_release("fleet", &format!("{i:08x}"), &[("app".into(), image.clone())])
+            .add_release(
+                "fleet",
+                &format!("{i:08x}"),
+                &[("app".into(), image.clone())],
+            )
             .await
             .unwrap();
         ids.push(release.images[0].id);
@@ -56,14 +65,19 @@ async fn instances_starting_together_migrate_once_and_newer_schemas_are_refused(
     let starts: Vec<_> = (0..6)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { PostgresStore::connect(&url, PostgresOptions::default()).await })
+            tokio::spawn(
+                async move { PostgresStore::connect(&url, PostgresOptions::default()).await },
+            )
         })
         .collect();
     for start in starts {
         let store = start.await.unwrap().unwrap();
         assert_eq!(store.schema_version().await.unwrap(), 1);
     }
-    assert_eq!(count(&pg, &url, "SELECT count(*) FROM bru_schema_migrations"), 1);
+    assert_eq!(
+        count(&pg, &url, "SELECT count(*) FROM bru_schema_migrations"),
+        1
+    );
     // Opening again migrates nothing and keeps the data.
     let store = connect(&url).await;
     store.set_meta("kept", "yes").await.unwrap();
@@ -72,8 +86,11 @@ async fn instances_starting_together_migrate_once_and_newer_schemas_are_refused(
     assert_eq!(store.meta("kept").await.unwrap().as_deref(), Some("yes"));
     drop(store);
 
-    pg.psql(&url, "INSERT INTO bru_schema_migrations (version) VALUES (99)")
-        .unwrap();
+    pg.psql(
+        &url,
+        "INSERT INTO bru_schema_migrations (version) VALUES (99)",
+    )
+    .unwrap();
     match PostgresStore::connect(&url, PostgresOptions::default()).await {
         Err(ServiceError::SchemaTooNew {
             found: 99,
@@ -230,20 +247,35 @@ async fn a_build_whose_owner_stopped_heartbeating_is_taken_over_by_another_insta
     let url = pg.create_database();
     let tmp = tempfile::tempdir().unwrap();
     let images = support::variants(&tmp.path().join("images"), 1, 30_000);
-    let patient = instance(&url, &tmp.path().join("d1"), "patient", ClaimPolicy::default()).await;
+    let patient = instance(
+        &url,
+        &tmp.path().join("d1"),
+        "patient",
+        ClaimPolicy::default(),
+    )
+    .await;
     let ids = import(&patient, &images).await;
     let (src, dest) = (ids[0], ids[1]);
     // An instance on another machine claimed the build and went silent.
     let Claim::Claimed { row: gone, .. } = patient
         .store()
-        .claim_delta(src, dest, DELTA_VERSION, "other-host-1", &ClaimPolicy::default())
+        .claim_delta(
+            src,
+            dest,
+            DELTA_VERSION,
+            "other-host-1",
+            &ClaimPolicy::default(),
+        )
         .await
         .unwrap()
     else {
         panic!("not claimed")
     };
     // Its heartbeat is fresh under the production limit: nobody else builds.
-    assert_eq!(patient.request(src, dest).await.unwrap(), DeltaRequest::Building);
+    assert_eq!(
+        patient.request(src, dest).await.unwrap(),
+        DeltaRequest::Building
+    );
     patient.wait_for_builds().await;
     assert_eq!(patient.builder().builds_started(), 0);
 
@@ -253,7 +285,10 @@ async fn a_build_whose_owner_stopped_heartbeating_is_taken_over_by_another_insta
         ..ClaimPolicy::default()
     };
     let taker = instance(&url, &tmp.path().join("d2"), "taker", eager).await;
-    assert_eq!(taker.request(src, dest).await.unwrap(), DeltaRequest::Building);
+    assert_eq!(
+        taker.request(src, dest).await.unwrap(),
+        DeltaRequest::Building
+    );
     taker.wait_for_builds().await;
     assert_eq!(taker.builder().builds_started(), 1);
     let row = taker
@@ -267,7 +302,11 @@ async fn a_build_whose_owner_stopped_heartbeating_is_taken_over_by_another_insta
         (gone.id, "taker", DeltaStatus::Success)
     );
     // The silent owner cannot record anything any more.
-    assert!(!patient.store().heartbeat(gone.id, "other-host-1").await.unwrap());
+    assert!(!patient
+        .store()
+        .heartbeat(gone.id, "other-host-1")
+        .await
+        .unwrap());
     assert_eq!(count(&pg, &url, "SELECT count(*) FROM deltas"), 1);
 }
 
@@ -316,7 +355,10 @@ async fn instances_ride_out_a_database_restart_without_lost_or_duplicated_record
             Ok(other) => panic!("{other:?}"),
         }
     }
-    assert!(transient > 0, "the database was down: some request must have failed");
+    assert!(
+        transient > 0,
+        "the database was down: some request must have failed"
+    );
     pg = tokio::task::spawn_blocking(move || {
         pg.start_again();
         pg
@@ -343,20 +385,39 @@ async fn instances_ride_out_a_database_restart_without_lost_or_duplicated_record
             break;
         }
         round += 1;
-        assert!(round < 600, "the deltas were not all built after the restart");
+        assert!(
+            round < 600,
+            "the deltas were not all built after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for i in &instances {
         i.wait_for_builds().await;
     }
     // Nothing lost, nothing twice: the releases, one success row per pair, no leftovers.
-    assert_eq!(instances[1].store().list_releases(None).await.unwrap().len(), images.len());
     assert_eq!(
-        count(&pg, &url, "SELECT count(*) FROM deltas WHERE status = 'success'"),
+        instances[1]
+            .store()
+            .list_releases(None)
+            .await
+            .unwrap()
+            .len(),
+        images.len()
+    );
+    assert_eq!(
+        count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM deltas WHERE status = 'success'"
+        ),
         pairs.len() as u64
     );
     assert_eq!(
-        count(&pg, &url, "SELECT count(*) FROM deltas WHERE status <> 'success'"),
+        count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM deltas WHERE status <> 'success'"
+        ),
         0
     );
     assert_eq!(
@@ -368,5 +429,8 @@ async fn instances_ride_out_a_database_restart_without_lost_or_duplicated_record
         pairs.len() as u64
     );
     let built: u64 = instances.iter().map(|i| i.builder().builds_started()).sum();
-    eprintln!("builds started across the restart: {built} for {} pairs", pairs.len());
+    eprintln!(
+        "builds started across the restart: {built} for {} pairs",
+        pairs.len()
+    );
 }

@@ -346,7 +346,13 @@ async fn stale_rows_are_taken_over_and_failures_wait_for_the_cool_down(store: Ar
     assert!(!store.heartbeat(row.id, "dead").await.unwrap());
     assert!(matches!(
         store
-            .finish_delta(row.id, "dead", Outcome::Failed { error: "late".into() })
+            .finish_delta(
+                row.id,
+                "dead",
+                Outcome::Failed {
+                    error: "late".into()
+                }
+            )
             .await,
         Err(ServiceError::LostClaim { .. })
     ));
@@ -419,15 +425,21 @@ async fn abandoned_rows_go_for_their_owner_only(store: Arc<dyn Store>) {
     let mine = |v| {
         let store = Arc::clone(&store);
         async move {
-            match store.claim_delta(src, dest, v, "me", &policy).await.unwrap() {
+            match store
+                .claim_delta(src, dest, v, "me", &policy)
+                .await
+                .unwrap()
+            {
                 Claim::Claimed { row, .. } => row,
                 other => panic!("{other:?}"),
             }
         }
     };
     let (a, _b) = (mine(1).await, mine(2).await);
-    let Claim::Claimed { row: theirs, .. } =
-        store.claim_delta(src, dest, 3, "them", &policy).await.unwrap()
+    let Claim::Claimed { row: theirs, .. } = store
+        .claim_delta(src, dest, 3, "them", &policy)
+        .await
+        .unwrap()
     else {
         panic!("not claimed")
     };
@@ -438,7 +450,11 @@ async fn abandoned_rows_go_for_their_owner_only(store: Arc<dyn Store>) {
     assert_eq!(store.abandon_owned("me").await.unwrap(), 1);
     assert_eq!(store.newest_delta(src, dest, 2).await.unwrap(), None);
     assert_eq!(
-        store.newest_delta(src, dest, 3).await.unwrap().map(|r| r.id),
+        store
+            .newest_delta(src, dest, 3)
+            .await
+            .unwrap()
+            .map(|r| r.id),
         Some(theirs.id)
     );
     // A finished row is not abandoned.
@@ -488,7 +504,10 @@ async fn deltas_of_the_same_contents_are_found_under_other_ids(store: Arc<dyn St
         )
         .await
         .unwrap();
-    assert_eq!(store.deltas_by_content(h1, h2, 3).await.unwrap(), vec![done]);
+    assert_eq!(
+        store.deltas_by_content(h1, h2, 3).await.unwrap(),
+        vec![done]
+    );
     assert!(store.deltas_by_content(h2, h1, 3).await.unwrap().is_empty());
     assert!(store.deltas_by_content(h1, h2, 2).await.unwrap().is_empty());
 }

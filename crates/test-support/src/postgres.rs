@@ -102,11 +102,7 @@ impl TestPostgres {
         let name = format!("bru_test_{}_{n}_{nanos}", std::process::id());
         self.psql(&self.admin_url, &format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        let base = self
-            .admin_url
-            .split('?')
-            .next()
-            .unwrap_or(&self.admin_url);
+        let base = self.admin_url.split('?').next().unwrap_or(&self.admin_url);
         let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
         format!("{server}/{name}")
     }
