@@ -120,6 +120,13 @@ pub struct ServeArgs {
     /// takes it over) and is given up here.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     stall_timeout_seconds: u64,
+    /// Delta builds this server runs at a time [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Claimed builds held waiting for a worker. Beyond them, requests for deltas that need
+    /// a build get 504 without a claim (another server, or this one later, builds them).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    build_queue: usize,
     /// A registry that sends nothing for this long (headers or body) fails the request
     /// (retried, then the build is retried later).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -172,6 +179,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--build-timeout-seconds, --stall-timeout-seconds and --registry-read-timeout-seconds must be at least 1");
     }
+    let workers = match args.workers {
+        Some(0) => bail!("--workers must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    config.build_limits = Some((workers, args.build_queue));
     config.build_timeout = Duration::from_secs(args.build_timeout_seconds);
     config.stall_timeout = Duration::from_secs(args.stall_timeout_seconds);
     config.registry.timeouts.read = Duration::from_secs(args.registry_read_timeout_seconds);

@@ -214,6 +214,10 @@ pub struct ServerConfig {
     /// How a build retries its transient failures before it is given up (default
     /// [`RetryPolicy::BUILD`]).
     pub build_retry: RetryPolicy,
+    /// Builds run at a time by this server, and claimed builds held waiting for one
+    /// (`Some((workers, queue))`; see [`Embedded::with_build_limits`]). Default `None`: no
+    /// limits.
+    pub build_limits: Option<(usize, usize)>,
 }
 
 impl ServerConfig {
@@ -234,6 +238,7 @@ impl ServerConfig {
             build_timeout: Duration::from_secs(2 * 60 * 60),
             stall_timeout: Duration::from_secs(10 * 60),
             build_retry: RetryPolicy::BUILD,
+            build_limits: None,
         }
     }
 }
@@ -274,6 +279,10 @@ impl Server {
         )
         .await
         .map_err(ServerError::Store)?;
+        let backend = match config.build_limits {
+            Some((workers, queue)) => backend.with_build_limits(workers, queue),
+            None => backend,
+        };
         Ok(Server {
             state: Arc::new(AppState {
                 backend,

@@ -16,7 +16,8 @@ use crate::database::Database;
 use crate::import::{absolutize, check_release, resolve_image, FleetFile};
 use crate::postgres::PostgresOptions;
 use crate::store::{
-    now_ms, Claim, ClaimPolicy, DeltaRecord, ImageRecord, ReleaseRecord, Store, DELTA_VERSION,
+    decide_claim, now_ms, Claim, ClaimPolicy, ClaimStep, DeltaRecord, DeltaStatus, ImageRecord,
+    ReleaseRecord, Store, DELTA_VERSION,
 };
 use crate::ServiceError;
 
@@ -67,6 +68,15 @@ pub struct Embedded {
     interrupted: Arc<Mutex<HashMap<(u64, u64), Interrupted>>>,
     claim_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<JoinSet<()>>,
+    limits: Option<BuildLimits>,
+}
+
+/// How many builds one instance runs and holds; see [`Embedded::with_build_limits`].
+#[derive(Debug, Clone)]
+struct BuildLimits {
+    workers: Arc<tokio::sync::Semaphore>,
+    /// Builds claimed here at most: running plus queued.
+    capacity: usize,
 }
 
 impl Embedded {
@@ -95,6 +105,7 @@ impl Embedded {
             interrupted: Arc::default(),
             claim_lock: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(JoinSet::new()),
+            limits: None,
         }
     }
 
@@ -177,6 +188,30 @@ impl Embedded {
         Ok(this)
     }
 
+    /// Runs at most `workers` builds at a time here, and holds at most `queue` more
+    /// claimed builds waiting for a worker (their rows keep heartbeating, so nobody takes
+    /// them over). Beyond that, requests for pairs that need a build are answered
+    /// [`DeltaRequest::Building`] without claiming them: the device asks again (504), and
+    /// the pair is built by whichever instance has room then. Nothing is dropped and
+    /// nothing built twice. Default: no limits.
+    #[must_use]
+    pub fn with_build_limits(mut self, workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        self.limits = Some(BuildLimits {
+            workers: Arc::new(tokio::sync::Semaphore::new(workers)),
+            capacity: workers.saturating_add(queue),
+        });
+        self
+    }
+
+    /// Builds claimed by this instance and not ended yet (running or queued).
+    pub fn builds_in_flight(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -227,6 +262,11 @@ impl Embedded {
                 error: i.error,
             });
         }
+        if let Some(limits) = &self.limits {
+            if self.builds_in_flight() >= limits.capacity {
+                return self.answer_without_claim(src, dest).await;
+            }
+        }
         let mut claim = self
             .store
             .claim_delta(src, dest, DELTA_VERSION, &self.owner, &self.policy)
@@ -263,6 +303,33 @@ impl Embedded {
     pub fn interrupted_for(&self, src: u64, dest: u64) -> Option<Duration> {
         self.interrupted_until(src, dest)
             .map(|i| i.until.saturating_duration_since(Instant::now()))
+    }
+
+    /// The answer for a pair when this instance has no room for another build: what the
+    /// records say, and `Building` (ask again) where a claim would start a build.
+    async fn answer_without_claim(
+        &self,
+        src: u64,
+        dest: u64,
+    ) -> Result<DeltaRequest, ServiceError> {
+        let newest = self.store.newest_delta(src, dest, DELTA_VERSION).await?;
+        let (mut success, mut running, mut failed) = (None, None, None);
+        match newest.as_ref().map(|r| r.status) {
+            Some(DeltaStatus::Success) => success = newest,
+            Some(DeltaStatus::Running) => running = newest,
+            Some(DeltaStatus::Failed) => failed = newest,
+            None => {}
+        }
+        Ok(
+            match decide_claim(now_ms(), &self.policy, success, running, failed) {
+                ClaimStep::Answer(Claim::Ready(row)) => DeltaRequest::Ready(row),
+                ClaimStep::Answer(Claim::Failed(row)) => DeltaRequest::Failed(row),
+                _ => {
+                    tracing::debug!(src, dest, "no room for another build here; not claimed");
+                    DeltaRequest::Building
+                }
+            },
+        )
     }
 
     /// The back-off of a pair interrupted by a transient failure, while it lasts.
@@ -308,7 +375,30 @@ impl Embedded {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         // Reap finished tasks so the set does not grow in a long-running process.
         while tasks.try_join_next().is_some() {}
+        let workers = self.limits.as_ref().map(|l| Arc::clone(&l.workers));
         tasks.spawn(async move {
+            // Queued: wait for a worker, keeping the claim alive.
+            let _permit = match workers {
+                Some(workers) => {
+                    let acquire = workers.acquire_owned();
+                    tokio::pin!(acquire);
+                    let mut tick = tokio::time::interval(builder.config().heartbeat_interval);
+                    tick.tick().await;
+                    loop {
+                        tokio::select! {
+                            permit = &mut acquire => break permit.ok(),
+                            _ = tick.tick() => {
+                                if let Ok(false) = store.heartbeat(row.id, &owner).await {
+                                    tracing::warn!(delta = row.id, "a queued build lost its claim");
+                                    inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                None => None,
+            };
             let result = builder.run(&*store, &row, &owner).await;
             let mut interrupted = interrupted.lock().unwrap_or_else(|p| p.into_inner());
             match result {

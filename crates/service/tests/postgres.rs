@@ -434,3 +434,202 @@ async fn instances_ride_out_a_database_restart_without_lost_or_duplicated_record
         pairs.len()
     );
 }
+
+/// A store whose heartbeats wait for a gate: builds hang at their start until it opens.
+#[derive(Debug)]
+struct Gated {
+    inner: PostgresStore,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl bru_service::Store for Gated {
+    async fn meta(&self, key: &str) -> Result<Option<String>, ServiceError> {
+        self.inner.meta(key).await
+    }
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), ServiceError> {
+        self.inner.set_meta(key, value).await
+    }
+    async fn add_release(
+        &self,
+        fleet: &str,
+        commit: &str,
+        images: Vec<bru_service::NewImage>,
+    ) -> Result<bru_service::ReleaseRecord, ServiceError> {
+        self.inner.add_release(fleet, commit, images).await
+    }
+    async fn list_releases(
+        &self,
+        fleet: Option<&str>,
+    ) -> Result<Vec<bru_service::ReleaseRecord>, ServiceError> {
+        self.inner.list_releases(fleet).await
+    }
+    async fn release(&self, id: u64) -> Result<Option<bru_service::ReleaseRecord>, ServiceError> {
+        self.inner.release(id).await
+    }
+    async fn releases_by_commit(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<bru_service::ReleaseRecord>, ServiceError> {
+        self.inner.releases_by_commit(prefix).await
+    }
+    async fn image(&self, id: u64) -> Result<Option<bru_service::ImageRecord>, ServiceError> {
+        self.inner.image(id).await
+    }
+    async fn add_image(
+        &self,
+        fleet: &str,
+        image: bru_service::NewImage,
+    ) -> Result<bru_service::ImageRecord, ServiceError> {
+        self.inner.add_image(fleet, image).await
+    }
+    async fn image_by_location(
+        &self,
+        location: &str,
+    ) -> Result<Option<bru_service::ImageRecord>, ServiceError> {
+        self.inner.image_by_location(location).await
+    }
+    async fn deltas_by_content(
+        &self,
+        src_hash: &str,
+        dest_hash: &str,
+        version: u32,
+    ) -> Result<Vec<bru_service::DeltaRecord>, ServiceError> {
+        self.inner
+            .deltas_by_content(src_hash, dest_hash, version)
+            .await
+    }
+    async fn set_fleet_bandwidth(
+        &self,
+        fleet: &str,
+        bandwidth: Option<bru_service::Bandwidth>,
+    ) -> Result<(), ServiceError> {
+        self.inner.set_fleet_bandwidth(fleet, bandwidth).await
+    }
+    async fn image_fleet_bandwidth(
+        &self,
+        image: u64,
+    ) -> Result<Option<bru_service::Bandwidth>, ServiceError> {
+        self.inner.image_fleet_bandwidth(image).await
+    }
+    async fn latest_delta(
+        &self,
+        src: u64,
+        dest: u64,
+        version: u32,
+        running_since: i64,
+    ) -> Result<Option<bru_service::DeltaRecord>, ServiceError> {
+        self.inner
+            .latest_delta(src, dest, version, running_since)
+            .await
+    }
+    async fn newest_delta(
+        &self,
+        src: u64,
+        dest: u64,
+        version: u32,
+    ) -> Result<Option<bru_service::DeltaRecord>, ServiceError> {
+        self.inner.newest_delta(src, dest, version).await
+    }
+    async fn claim_delta(
+        &self,
+        src: u64,
+        dest: u64,
+        version: u32,
+        owner: &str,
+        policy: &ClaimPolicy,
+    ) -> Result<Claim, ServiceError> {
+        self.inner
+            .claim_delta(src, dest, version, owner, policy)
+            .await
+    }
+    async fn heartbeat(&self, id: u64, owner: &str) -> Result<bool, ServiceError> {
+        drop(self.gate.acquire().await.unwrap());
+        self.inner.heartbeat(id, owner).await
+    }
+    async fn finish_delta(
+        &self,
+        id: u64,
+        owner: &str,
+        outcome: bru_service::Outcome,
+    ) -> Result<bru_service::DeltaRecord, ServiceError> {
+        self.inner.finish_delta(id, owner, outcome).await
+    }
+    async fn abandon_delta(&self, id: u64, owner: &str) -> Result<bool, ServiceError> {
+        self.inner.abandon_delta(id, owner).await
+    }
+    async fn abandon_owned(&self, owner: &str) -> Result<u64, ServiceError> {
+        self.inner.abandon_owned(owner).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_instance_leaves_new_builds_to_instances_with_room() {
+    let pg = TestPostgres::shared();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let images = support::variants(&tmp.path().join("images"), 4, 60_000);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = Gated {
+        inner: connect(&url).await,
+        gate: Arc::clone(&gate),
+    };
+    // One worker and one queued build at most; its builds hang until the gate opens.
+    let full = Embedded::new(
+        Arc::new(store),
+        DeltaBuilder::new(BuilderConfig::new(tmp.path().join("d1"))),
+        "full",
+        ClaimPolicy::default(),
+    )
+    .with_build_limits(1, 1);
+    let ids = import(&full, &images).await;
+    let pairs: Vec<(u64, u64)> = ids[1..].iter().map(|&dest| (ids[0], dest)).collect();
+    for &(src, dest) in &pairs {
+        assert_eq!(
+            full.request(src, dest).await.unwrap(),
+            DeltaRequest::Building
+        );
+    }
+    // Two claimed (running and queued), two left for others: the devices ask again.
+    assert_eq!(full.builds_in_flight(), 2);
+    assert_eq!(count(&pg, &url, "SELECT count(*) FROM deltas"), 2);
+
+    let roomy = instance(
+        &url,
+        &tmp.path().join("d2"),
+        "roomy",
+        ClaimPolicy::default(),
+    )
+    .await;
+    for &(src, dest) in &pairs {
+        assert_eq!(
+            roomy.request(src, dest).await.unwrap(),
+            DeltaRequest::Building
+        );
+    }
+    roomy.wait_for_builds().await;
+    assert_eq!(
+        roomy.builder().builds_started(),
+        2,
+        "only the unclaimed pairs"
+    );
+    // The full instance answers from the records what others built.
+    let (src, dest) = pairs[3];
+    assert!(matches!(
+        full.request(src, dest).await.unwrap(),
+        DeltaRequest::Ready(row) if row.owner == "roomy"
+    ));
+
+    gate.add_permits(1 << 20);
+    full.wait_for_builds().await;
+    assert_eq!(full.builder().builds_started(), 2);
+    assert_eq!(
+        count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM deltas WHERE status = 'success'"
+        ),
+        4
+    );
+    assert_eq!(count(&pg, &url, "SELECT count(*) FROM deltas"), 4);
+}
