@@ -29,8 +29,10 @@ Status codes of /api/v3/delta:
        with a token, an image id it does not grant (unknown ids alike)
   404  without auth, an unknown image id; the registry does not have the image
   422  the build failed (remembered; not retried until the cool-down ends), or the image cannot be used
-  503  the registry is unreachable or answers 5xx while the images are resolved
-  504  the delta is still being built (the build continues); ask again
+  503  the registry is unreachable or answers 5xx while the images are resolved; the database
+       is unreachable, restarting or out of connections (Retry-After)
+  504  the delta is still being built (the build continues), or waits for a server with a
+       free --workers slot; ask again
   500  the store failed
 Error bodies: {\"error\": short message, \"request_id\": id}; details are in the log under that id.
 
