@@ -26,11 +26,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bru_delta::Bandwidth;
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, NoTls, Row};
+use tokio_postgres::{NoTls, Row};
 
 use crate::store::{
     decide_claim, Claim, ClaimPolicy, ClaimStep, DeltaRecord, DeltaStatus, ImageRecord, NewImage,
@@ -266,41 +267,81 @@ fn image_row(r: &Row, at: usize) -> Result<ImageRecord, Failure> {
     })
 }
 
+/// Runs `sql` as a statement prepared once per connection.
+async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query(&statement, params).await
+}
+
+/// [`query`] for at most one row.
+async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query_opt(&statement, params).await
+}
+
+/// [`query`] for exactly one row.
+async fn query_one(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query_one(&statement, params).await
+}
+
+/// [`query`] for the number of rows changed.
+async fn execute(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.execute(&statement, params).await
+}
+
 /// Releases matching `filter` (an SQL condition on `releases`/`fleets`), with their images.
 async fn releases_where(
     c: &impl GenericClient,
     filter: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<ReleaseRecord>, Failure> {
-    let heads = c
-        .query(
-            &format!(
-                "SELECT releases.id, releases.fleet, fleets.name, releases.\"commit\",
+    let heads = query(
+        c,
+        &format!(
+            "SELECT releases.id, releases.fleet, fleets.name, releases.\"commit\",
                         releases.status, releases.created_at
                  FROM releases JOIN fleets ON fleets.id = releases.fleet
                  WHERE {filter} ORDER BY releases.id"
-            ),
-            params,
-        )
-        .await?;
+        ),
+        params,
+    )
+    .await?;
     let ids: Vec<i64> = heads
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
     let mut images: HashMap<i64, Vec<ImageRecord>> = HashMap::new();
     if !ids.is_empty() {
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT release_images.release, {IMAGE_COLUMNS} FROM release_images
+        let rows = query(
+            c,
+            &format!(
+                "SELECT release_images.release, {IMAGE_COLUMNS} FROM release_images
                      JOIN images ON images.id = release_images.image
                      JOIN services ON services.id = images.service
                      WHERE release_images.release = ANY($1)
                      ORDER BY services.service_name, images.id"
-                ),
-                &[&ids],
-            )
-            .await?;
+            ),
+            &[&ids],
+        )
+        .await?;
         for r in &rows {
             let release: i64 = r.try_get(0)?;
             images.entry(release).or_default().push(image_row(r, 1)?);
@@ -329,7 +370,8 @@ async fn delta_where(
     filter: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<DeltaRecord>, Failure> {
-    c.query_opt(
+    query_opt(
+        c,
         &format!("SELECT {DELTA_COLUMNS} FROM deltas WHERE {filter} ORDER BY id DESC LIMIT 1"),
         params,
     )
@@ -410,12 +452,12 @@ impl PostgresStore {
     pub async fn schema_version(&self) -> Result<i64, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            let row = c
-                .query_one(
-                    "SELECT coalesce(max(version), 0)::bigint FROM bru_schema_migrations",
-                    &[],
-                )
-                .await?;
+            let row = query_one(
+                &c,
+                "SELECT coalesce(max(version), 0)::bigint FROM bru_schema_migrations",
+                &[],
+            )
+            .await?;
             Ok(row.try_get(0)?)
         })
         .await
@@ -437,8 +479,7 @@ impl PostgresStore {
 async fn migrate(client: &mut deadpool_postgres::Client, label: &str) -> Result<(), Failure> {
     let known = MIGRATIONS.len() as i64;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS bru_schema_migrations (
              version    INTEGER PRIMARY KEY,
@@ -446,13 +487,13 @@ async fn migrate(client: &mut deadpool_postgres::Client, label: &str) -> Result<
          )",
     )
     .await?;
-    let found: i64 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0)::bigint FROM bru_schema_migrations",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
+    let found: i64 = query_one(
+        &tx,
+        "SELECT coalesce(max(version), 0)::bigint FROM bru_schema_migrations",
+        &[],
+    )
+    .await?
+    .try_get(0)?;
     if found > known {
         return Err(Failure::Service(ServiceError::SchemaTooNew {
             path: PathBuf::from(label),
@@ -464,7 +505,8 @@ async fn migrate(client: &mut deadpool_postgres::Client, label: &str) -> Result<
         let to = i32::try_from(version + 1).unwrap_or(i32::MAX);
         tracing::info!(database = label, to, "migrating the store schema");
         tx.batch_execute(sql).await?;
-        tx.execute(
+        execute(
+            &tx,
             "INSERT INTO bru_schema_migrations (version) VALUES ($1)",
             &[&to],
         )
@@ -479,9 +521,7 @@ impl Store for PostgresStore {
     async fn meta(&self, key: &str) -> Result<Option<String>, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            let row = c
-                .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
-                .await?;
+            let row = query_opt(&c, "SELECT value FROM meta WHERE key = $1", &[&key]).await?;
             Ok(row.map(|r| r.try_get(0)).transpose()?)
         })
         .await
@@ -490,7 +530,8 @@ impl Store for PostgresStore {
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            c.execute(
+            execute(
+                &c,
                 "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &[&key, &value],
@@ -511,7 +552,8 @@ impl Store for PostgresStore {
             .timed(async {
                 let mut c = self.pool.get().await?;
                 let tx = c.transaction().await?;
-                tx.execute(
+                execute(
+                    &tx,
                     &format!(
                         "INSERT INTO fleets (name, created_at) VALUES ($1, {NOW})
                          ON CONFLICT (name) DO NOTHING"
@@ -519,19 +561,19 @@ impl Store for PostgresStore {
                     &[&fleet],
                 )
                 .await?;
-                let fleet_id: i64 = tx
-                    .query_one("SELECT id FROM fleets WHERE name = $1", &[&fleet])
-                    .await?
-                    .try_get(0)?;
-                let release_id: i64 = match tx
-                    .query_one(
-                        &format!(
-                            "INSERT INTO releases (fleet, \"commit\", status, created_at)
+                let fleet_id: i64 =
+                    query_one(&tx, "SELECT id FROM fleets WHERE name = $1", &[&fleet])
+                        .await?
+                        .try_get(0)?;
+                let release_id: i64 = match query_one(
+                    &tx,
+                    &format!(
+                        "INSERT INTO releases (fleet, \"commit\", status, created_at)
                              VALUES ($1, $2, 'success', {NOW}) RETURNING id"
-                        ),
-                        &[&fleet_id, &commit],
-                    )
-                    .await
+                    ),
+                    &[&fleet_id, &commit],
+                )
+                .await
                 {
                     Ok(row) => row.try_get(0)?,
                     Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
@@ -543,36 +585,38 @@ impl Store for PostgresStore {
                     Err(e) => return Err(e.into()),
                 };
                 for image in &images {
-                    tx.execute(
+                    execute(
+                        &tx,
                         "INSERT INTO services (fleet, service_name) VALUES ($1, $2)
                          ON CONFLICT (fleet, service_name) DO NOTHING",
                         &[&fleet_id, &image.service_name],
                     )
                     .await?;
-                    let service_id: i64 = tx
-                        .query_one(
-                            "SELECT id FROM services WHERE fleet = $1 AND service_name = $2",
-                            &[&fleet_id, &image.service_name],
-                        )
-                        .await?
-                        .try_get(0)?;
-                    let image_id: i64 = tx
-                        .query_one(
-                            &format!(
-                                "INSERT INTO images (service, location, content_hash, image_size,
+                    let service_id: i64 = query_one(
+                        &tx,
+                        "SELECT id FROM services WHERE fleet = $1 AND service_name = $2",
+                        &[&fleet_id, &image.service_name],
+                    )
+                    .await?
+                    .try_get(0)?;
+                    let image_id: i64 = query_one(
+                        &tx,
+                        &format!(
+                            "INSERT INTO images (service, location, content_hash, image_size,
                                                      status, created_at)
                                  VALUES ($1, $2, $3, $4, 'success', {NOW}) RETURNING id"
-                            ),
-                            &[
-                                &service_id,
-                                &image.location,
-                                &image.content_hash,
-                                &key(image.image_size),
-                            ],
-                        )
-                        .await?
-                        .try_get(0)?;
-                    tx.execute(
+                        ),
+                        &[
+                            &service_id,
+                            &image.location,
+                            &image.content_hash,
+                            &key(image.image_size),
+                        ],
+                    )
+                    .await?
+                    .try_get(0)?;
+                    execute(
+                        &tx,
                         "INSERT INTO release_images (release, image) VALUES ($1, $2)",
                         &[&release_id, &image_id],
                     )
@@ -591,8 +635,8 @@ impl Store for PostgresStore {
         self.timed(async {
             let c = self.pool.get().await?;
             match fleet {
-                Some(name) => releases_where(&**c, "fleets.name = $1", &[&name]).await,
-                None => releases_where(&**c, "TRUE", &[]).await,
+                Some(name) => releases_where(&c, "fleets.name = $1", &[&name]).await,
+                None => releases_where(&c, "TRUE", &[]).await,
             }
         })
         .await
@@ -601,7 +645,7 @@ impl Store for PostgresStore {
     async fn release(&self, release: u64) -> Result<Option<ReleaseRecord>, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            let mut found = releases_where(&**c, "releases.id = $1", &[&key(release)]).await?;
+            let mut found = releases_where(&c, "releases.id = $1", &[&key(release)]).await?;
             Ok(found.pop())
         })
         .await
@@ -611,7 +655,7 @@ impl Store for PostgresStore {
         self.timed(async {
             let c = self.pool.get().await?;
             // starts_with() keeps the match case-sensitive and free of LIKE wildcards.
-            releases_where(&**c, "starts_with(releases.\"commit\", $1)", &[&prefix]).await
+            releases_where(&c, "starts_with(releases.\"commit\", $1)", &[&prefix]).await
         })
         .await
     }
@@ -619,7 +663,8 @@ impl Store for PostgresStore {
     async fn image(&self, image: u64) -> Result<Option<ImageRecord>, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            c.query_opt(
+            query_opt(
+                &c,
                 &format!(
                     "SELECT {IMAGE_COLUMNS} FROM images
                      JOIN services ON services.id = images.service WHERE images.id = $1"
@@ -639,22 +684,24 @@ impl Store for PostgresStore {
                 let mut c = self.pool.get().await?;
                 let tx = c.transaction().await?;
                 // One record per location: concurrent requests for it wait for the first.
-                tx.execute(
+                execute(
+                    &tx,
                     "SELECT pg_advisory_xact_lock($1)",
                     &[&lock_key(&format!("bru-image {}", image.location))],
                 )
                 .await?;
-                let found = tx
-                    .query_opt(
-                        "SELECT id FROM images WHERE location = $1 AND status = 'success'
+                let found = query_opt(
+                    &tx,
+                    "SELECT id FROM images WHERE location = $1 AND status = 'success'
                          ORDER BY id LIMIT 1",
-                        &[&image.location],
-                    )
-                    .await?;
+                    &[&image.location],
+                )
+                .await?;
                 if let Some(row) = found {
                     return Ok(row.try_get::<_, i64>(0)?);
                 }
-                tx.execute(
+                execute(
+                    &tx,
                     &format!(
                         "INSERT INTO fleets (name, created_at) VALUES ($1, {NOW})
                          ON CONFLICT (name) DO NOTHING"
@@ -662,33 +709,34 @@ impl Store for PostgresStore {
                     &[&fleet],
                 )
                 .await?;
-                tx.execute(
+                execute(
+                    &tx,
                     "INSERT INTO services (fleet, service_name)
                      SELECT id, $2 FROM fleets WHERE name = $1
                      ON CONFLICT (fleet, service_name) DO NOTHING",
                     &[&fleet, &image.service_name],
                 )
                 .await?;
-                let new_id: i64 = tx
-                    .query_one(
-                        &format!(
-                            "INSERT INTO images (service, location, content_hash, image_size,
+                let new_id: i64 = query_one(
+                    &tx,
+                    &format!(
+                        "INSERT INTO images (service, location, content_hash, image_size,
                                                  status, created_at)
                              SELECT services.id, $3, $4, $5, 'success', {NOW} FROM services
                              JOIN fleets ON fleets.id = services.fleet
                              WHERE fleets.name = $1 AND services.service_name = $2
                              RETURNING id"
-                        ),
-                        &[
-                            &fleet,
-                            &image.service_name,
-                            &image.location,
-                            &image.content_hash,
-                            &key(image.image_size),
-                        ],
-                    )
-                    .await?
-                    .try_get(0)?;
+                    ),
+                    &[
+                        &fleet,
+                        &image.service_name,
+                        &image.location,
+                        &image.content_hash,
+                        &key(image.image_size),
+                    ],
+                )
+                .await?
+                .try_get(0)?;
                 tx.commit().await?;
                 Ok(new_id)
             })
@@ -702,7 +750,8 @@ impl Store for PostgresStore {
     async fn image_by_location(&self, location: &str) -> Result<Option<ImageRecord>, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            c.query_opt(
+            query_opt(
+                &c,
                 &format!(
                     "SELECT {IMAGE_COLUMNS} FROM images
                      JOIN services ON services.id = images.service
@@ -726,7 +775,8 @@ impl Store for PostgresStore {
     ) -> Result<Vec<DeltaRecord>, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            c.query(
+            query(
+                &c,
                 &format!(
                     "SELECT {DELTA_COLUMNS} FROM deltas
                      JOIN images AS s ON s.id = deltas.originates_from__image
@@ -753,7 +803,8 @@ impl Store for PostgresStore {
         let bps = bandwidth.map(|b| i64::try_from(b.bytes_per_second()).unwrap_or(i64::MAX));
         self.timed(async {
             let c = self.pool.get().await?;
-            c.execute(
+            execute(
+                &c,
                 &format!(
                     "INSERT INTO fleets (name, created_at, device_bandwidth) VALUES ($1, {NOW}, $2)
                      ON CONFLICT (name) DO UPDATE SET device_bandwidth = excluded.device_bandwidth"
@@ -770,14 +821,14 @@ impl Store for PostgresStore {
         let bps: Option<i64> = self
             .timed(async {
                 let c = self.pool.get().await?;
-                let row = c
-                    .query_opt(
-                        "SELECT fleets.device_bandwidth FROM images
+                let row = query_opt(
+                    &c,
+                    "SELECT fleets.device_bandwidth FROM images
                          JOIN services ON services.id = images.service
                          JOIN fleets ON fleets.id = services.fleet WHERE images.id = $1",
-                        &[&key(image)],
-                    )
-                    .await?;
+                    &[&key(image)],
+                )
+                .await?;
                 Ok(match row {
                     Some(r) => r.try_get::<_, Option<i64>>(0)?,
                     None => None,
@@ -797,7 +848,7 @@ impl Store for PostgresStore {
         self.timed(async {
             let c = self.pool.get().await?;
             delta_where(
-                &**c,
+                &c,
                 "originates_from__image = $1 AND produces__image = $2 AND version = $3
                  AND (status = 'success' OR (status = 'running' AND update_timestamp > $4))",
                 &[&key(src), &key(dest), &version_key(version), &running_since],
@@ -816,7 +867,7 @@ impl Store for PostgresStore {
         self.timed(async {
             let c = self.pool.get().await?;
             delta_where(
-                &**c,
+                &c,
                 "originates_from__image = $1 AND produces__image = $2 AND version = $3",
                 &[&key(src), &key(dest), &version_key(version)],
             )
@@ -835,37 +886,48 @@ impl Store for PostgresStore {
     ) -> Result<Claim, ServiceError> {
         self.timed(async {
             let mut c = self.pool.get().await?;
+            // A successful delta is final (nothing changes it), so it needs no lock: the
+            // path of every poll once the delta is built is this one query.
+            let done = delta_where(
+                &c,
+                "originates_from__image = $1 AND produces__image = $2 AND version = $3
+                 AND status = 'success'",
+                &[&key(src), &key(dest), &version_key(version)],
+            )
+            .await?;
+            if let Some(row) = done {
+                return Ok(Claim::Ready(row));
+            }
             let tx = c.transaction().await?;
             // Claims of one pair, from any instance, one after the other.
-            tx.execute(
+            execute(
+                &tx,
                 "SELECT pg_advisory_xact_lock($1)",
                 &[&lock_key(&format!("bru-delta {src} {dest} {version}"))],
             )
             .await?;
-            let now: i64 = tx
-                .query_one(&format!("SELECT {NOW}"), &[])
+            let now: i64 = query_one(&tx, &format!("SELECT {NOW}"), &[])
                 .await?
                 .try_get(0)?;
             for image in [src, dest] {
-                let known = tx
-                    .query_opt("SELECT 1 FROM images WHERE id = $1", &[&key(image)])
-                    .await?;
+                let known =
+                    query_opt(&tx, "SELECT 1 FROM images WHERE id = $1", &[&key(image)]).await?;
                 if known.is_none() {
                     return Err(Failure::Service(ServiceError::UnknownImage { id: image }));
                 }
             }
             // The newest row of each status.
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT DISTINCT ON (deltas.status) {DELTA_COLUMNS} FROM deltas
+            let rows = query(
+                &tx,
+                &format!(
+                    "SELECT DISTINCT ON (deltas.status) {DELTA_COLUMNS} FROM deltas
                          WHERE originates_from__image = $1 AND produces__image = $2
                            AND version = $3
                          ORDER BY deltas.status, deltas.id DESC"
-                    ),
-                    &[&key(src), &key(dest), &version_key(version)],
-                )
-                .await?;
+                ),
+                &[&key(src), &key(dest), &version_key(version)],
+            )
+            .await?;
             let (mut success, mut running, mut failed) = (None, None, None);
             for r in &rows {
                 let row = delta_row(r)?;
@@ -883,34 +945,34 @@ impl Store for PostgresStore {
                         previous_owner = %row.owner,
                         "taking over a stale running delta build"
                     );
-                    let r = tx
-                        .query_one(
-                            &format!(
-                                "UPDATE deltas SET owner = $1, update_timestamp = $2
+                    let r = query_one(
+                        &tx,
+                        &format!(
+                            "UPDATE deltas SET owner = $1, update_timestamp = $2
                                  WHERE id = $3 AND status = 'running'
                                  RETURNING {DELTA_COLUMNS}"
-                            ),
-                            &[&owner, &now, &key(row.id)],
-                        )
-                        .await?;
+                        ),
+                        &[&owner, &now, &key(row.id)],
+                    )
+                    .await?;
                     Claim::Claimed {
                         row: delta_row(&r)?,
                         took_over: true,
                     }
                 }
                 ClaimStep::Insert => {
-                    let r = tx
-                        .query_one(
-                            &format!(
-                                "INSERT INTO deltas (originates_from__image, produces__image,
+                    let r = query_one(
+                        &tx,
+                        &format!(
+                            "INSERT INTO deltas (originates_from__image, produces__image,
                                                      version, status, owner, created_at,
                                                      update_timestamp)
                                  VALUES ($1, $2, $3, 'running', $4, $5, $5)
                                  RETURNING {DELTA_COLUMNS}"
-                            ),
-                            &[&key(src), &key(dest), &version_key(version), &owner, &now],
-                        )
-                        .await?;
+                        ),
+                        &[&key(src), &key(dest), &version_key(version), &owner, &now],
+                    )
+                    .await?;
                     Claim::Claimed {
                         row: delta_row(&r)?,
                         took_over: false,
@@ -926,15 +988,15 @@ impl Store for PostgresStore {
     async fn heartbeat(&self, delta: u64, owner: &str) -> Result<bool, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            let n = c
-                .execute(
-                    &format!(
-                        "UPDATE deltas SET update_timestamp = {NOW}
+            let n = execute(
+                &c,
+                &format!(
+                    "UPDATE deltas SET update_timestamp = {NOW}
                          WHERE id = $1 AND owner = $2 AND status = 'running'"
-                    ),
-                    &[&key(delta), &owner],
-                )
-                .await?;
+                ),
+                &[&key(delta), &owner],
+            )
+            .await?;
             Ok(n == 1)
         })
         .await
@@ -954,25 +1016,25 @@ impl Store for PostgresStore {
         };
         self.timed(async {
             let c = self.pool.get().await?;
-            let row = c
-                .query_opt(
-                    &format!(
-                        "UPDATE deltas SET status = $1, is_stored_at__location = $2, size = $3,
+            let row = query_opt(
+                &c,
+                &format!(
+                    "UPDATE deltas SET status = $1, is_stored_at__location = $2, size = $3,
                                 error_message = $4, update_timestamp = {NOW},
                                 end_timestamp = {NOW}
                          WHERE id = $5 AND owner = $6 AND status = 'running'
                          RETURNING {DELTA_COLUMNS}"
-                    ),
-                    &[
-                        &status.as_str(),
-                        &location,
-                        &size,
-                        &error,
-                        &key(delta),
-                        &owner,
-                    ],
-                )
-                .await?;
+                ),
+                &[
+                    &status.as_str(),
+                    &location,
+                    &size,
+                    &error,
+                    &key(delta),
+                    &owner,
+                ],
+            )
+            .await?;
             match row {
                 Some(r) => delta_row(&r),
                 None => Err(Failure::Service(ServiceError::LostClaim { id: delta })),
@@ -984,12 +1046,12 @@ impl Store for PostgresStore {
     async fn abandon_delta(&self, delta: u64, owner: &str) -> Result<bool, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            let n = c
-                .execute(
-                    "DELETE FROM deltas WHERE id = $1 AND owner = $2 AND status = 'running'",
-                    &[&key(delta), &owner],
-                )
-                .await?;
+            let n = execute(
+                &c,
+                "DELETE FROM deltas WHERE id = $1 AND owner = $2 AND status = 'running'",
+                &[&key(delta), &owner],
+            )
+            .await?;
             Ok(n == 1)
         })
         .await
@@ -998,7 +1060,8 @@ impl Store for PostgresStore {
     async fn abandon_owned(&self, owner: &str) -> Result<u64, ServiceError> {
         self.timed(async {
             let c = self.pool.get().await?;
-            Ok(c.execute(
+            Ok(execute(
+                &c,
                 "DELETE FROM deltas WHERE owner = $1 AND status = 'running'",
                 &[&owner],
             )
