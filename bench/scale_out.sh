@@ -34,18 +34,19 @@ psql_bin=$(command -v psql || ls -d /usr/lib/postgresql/*/bin/psql | sort -V | t
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bru-scale.XXXXXX")
 pids=()
-dbs=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for d in "${dbs[@]}"; do "$psql_bin" -X -q -d "$admin" -c "DROP DATABASE IF EXISTS $d" 2>/dev/null || true; done
+  while read -r d; do
+    "$psql_bin" -X -q -d "$admin" -c "DROP DATABASE IF EXISTS $d" 2>/dev/null || true
+  done < <(cat "$work/databases" 2>/dev/null)
   rm -rf "$work"
 }
 trap cleanup EXIT
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-new_db() { # prints the URL of a fresh database
-  local name="bru_bench_$$_${#dbs[@]}"
-  "$psql_bin" -X -q -d "$admin" -c "CREATE DATABASE $name" >/dev/null
-  dbs+=("$name")
+new_db() { # prints the URL of a fresh database (dropped at exit)
+  local name="bru_bench_$$_$(date +%s%N)"
+  "$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$admin" -c "CREATE DATABASE $name" >/dev/null
+  echo "$name" >>"$work/databases"
   echo "${admin%/*}/$name"
 }
 
@@ -108,11 +109,11 @@ done
 status_rows=()
 measure() { # NAME URL...   (one wrk per URL, run together; requests/s summed, worst p99)
   local name=$1; shift
-  local n=$# conns=$((200 / $#)) i=0 files=()
+  local n=$# conns=$((200 / $#)) threads=$((3 / $#)) i=0 files=()
   log "wrk: $name"
   for url in "$@"; do
     files+=("$work/wrk-$i.out")
-    wrk -t1 -c"$conns" -d"${each}s" --latency "$url" >"$work/wrk-$i.out" 2>&1 &
+    wrk -t"$threads" -c"$conns" -d"${each}s" --latency "$url" >"$work/wrk-$i.out" 2>&1 &
     i=$((i + 1))
   done
   wait $(jobs -p | tail -n "$n")

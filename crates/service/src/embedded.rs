@@ -250,6 +250,15 @@ impl Embedded {
         if self.is_inflight(src, dest) {
             return Ok(DeltaRequest::Building);
         }
+        // A built delta is final: polls for it skip the claim lock below, which would
+        // otherwise put every request of this process in one line.
+        if let Some(row) = self
+            .store
+            .latest_delta(src, dest, DELTA_VERSION, i64::MAX)
+            .await?
+        {
+            return Ok(DeltaRequest::Ready(row));
+        }
         // One claim at a time in this process, so that concurrent callers see the in-flight
         // mark of the first instead of racing to the database.
         let _guard = self.claim_lock.lock().await;
