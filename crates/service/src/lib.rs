@@ -30,7 +30,10 @@
 //! | `deltas` | id, originates_from__image, produces__image, version, status (`running`/`success`/`failed`), is_stored_at__location, size (bytes a device downloads), error_message, owner, created_at, update_timestamp (heartbeat), end_timestamp |
 //! | `meta` | key, value |
 //!
-//! Times are milliseconds since the Unix epoch. A delta server maps [`DeltaRequest`] to the
+//! Times are milliseconds since the Unix epoch. [`PostgresStore`] has the same tables
+//! (`BIGINT` identity ids, the same partial unique indexes), versioned in
+//! `bru_schema_migrations` and migrated under an advisory lock; its row times come from the
+//! database's clock. A delta server maps [`DeltaRequest`] to the
 //! supervisor protocol: `Ready` → 200 with the location, `Building` → 504, `Failed` → a 4xx
 //! other than 401 so devices fall back to a regular pull.
 //!
