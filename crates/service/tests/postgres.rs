@@ -435,11 +435,14 @@ async fn instances_ride_out_a_database_restart_without_lost_or_duplicated_record
     );
 }
 
-/// A store whose heartbeats wait for a gate: builds hang at their start until it opens.
+/// A store whose heartbeats (or image reads) wait for a gate: builds hang at their start
+/// until it opens.
 #[derive(Debug)]
 struct Gated {
     inner: PostgresStore,
     gate: Arc<tokio::sync::Semaphore>,
+    /// Gate image reads instead of heartbeats (builds hang, their heartbeats go on).
+    images: bool,
 }
 
 #[async_trait::async_trait]
@@ -474,6 +477,9 @@ impl bru_service::Store for Gated {
         self.inner.releases_by_commit(prefix).await
     }
     async fn image(&self, id: u64) -> Result<Option<bru_service::ImageRecord>, ServiceError> {
+        if self.images {
+            drop(self.gate.acquire().await.unwrap());
+        }
         self.inner.image(id).await
     }
     async fn add_image(
@@ -544,7 +550,9 @@ impl bru_service::Store for Gated {
             .await
     }
     async fn heartbeat(&self, id: u64, owner: &str) -> Result<bool, ServiceError> {
-        drop(self.gate.acquire().await.unwrap());
+        if !self.images {
+            drop(self.gate.acquire().await.unwrap());
+        }
         self.inner.heartbeat(id, owner).await
     }
     async fn finish_delta(
@@ -573,6 +581,7 @@ async fn a_full_instance_leaves_new_builds_to_instances_with_room() {
     let store = Gated {
         inner: connect(&url).await,
         gate: Arc::clone(&gate),
+        images: false,
     };
     // One worker and one queued build at most; its builds hang until the gate opens.
     let full = Embedded::new(
@@ -632,4 +641,69 @@ async fn a_full_instance_leaves_new_builds_to_instances_with_room() {
         4
     );
     assert_eq!(count(&pg, &url, "SELECT count(*) FROM deltas"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_builds_keep_their_claim_alive() {
+    let pg = TestPostgres::shared();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let images = support::variants(&tmp.path().join("images"), 2, 30_000);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = Gated {
+        inner: connect(&url).await,
+        gate: Arc::clone(&gate),
+        images: true,
+    };
+    let stale = ClaimPolicy {
+        stale_after: Duration::from_millis(500),
+        ..ClaimPolicy::default()
+    };
+    let mut config = BuilderConfig::new(tmp.path().join("d1"));
+    config.heartbeat_interval = Duration::from_millis(100);
+    // One worker: the first build runs (hanging on its image reads), the second waits.
+    let busy = Embedded::new(Arc::new(store), DeltaBuilder::new(config), "busy", stale)
+        .with_build_limits(1, 1);
+    let plain = instance(&url, &tmp.path().join("d2"), "other", stale).await;
+    let mut ids = Vec::new();
+    for (i, image) in images.iter().enumerate() {
+        let r = plain
+            .add_release(
+                "fleet",
+                &format!("{i:08x}"),
+                &[("app".into(), image.clone())],
+            )
+            .await
+            .unwrap();
+        ids.push(r.images[0].id);
+    }
+    let pairs = [(ids[0], ids[1]), (ids[0], ids[2])];
+    for &(src, dest) in &pairs {
+        assert_eq!(
+            busy.request(src, dest).await.unwrap(),
+            DeltaRequest::Building
+        );
+    }
+    assert_eq!(busy.builds_in_flight(), 2);
+    // Well past the stale limit, neither claim, running or queued, is taken over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for &(src, dest) in &pairs {
+        assert_eq!(
+            plain.request(src, dest).await.unwrap(),
+            DeltaRequest::Building
+        );
+    }
+    plain.wait_for_builds().await;
+    assert_eq!(plain.builder().builds_started(), 0);
+    gate.add_permits(1 << 20);
+    busy.wait_for_builds().await;
+    assert_eq!(busy.builder().builds_started(), 2);
+    assert_eq!(
+        count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM deltas WHERE status = 'success' AND owner = 'busy'"
+        ),
+        2
+    );
 }
