@@ -1,4 +1,4 @@
-//! Issue 10: the deployment files in `deploy/` are checked against what they configure:
+//! Issue 10: the deployment files in `deploy/scale-out/` are checked against what they configure:
 //! every document is a well-formed Kubernetes object (apiVersion, kind, metadata.name; a
 //! Deployment's or StatefulSet's selector matches its pod labels; Services select pods that
 //! exist), and every `serve` flag they pass is one the built binary accepts, with the
@@ -13,7 +13,7 @@ use serde_yaml_ng::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_balena-release-update");
 
 fn deploy_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/scale-out")
 }
 
 /// The long flags `serve --help` lists.
