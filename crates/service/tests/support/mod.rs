@@ -63,8 +63,8 @@ pub async fn backend(db: &Path, deltas: &Path, owner: &str, policy: ClaimPolicy)
 /// references: `n` image pairs (`v0` → `vI`), each its own delta.
 pub fn variants(dir: &Path, n: usize, app_len: usize) -> Vec<String> {
     let layout = OciDir::create(dir).unwrap();
-    let base = tar_of(&[("lib/base", &noise("base", 20_000))]);
-    let app = noise("app", app_len);
+    let base = tar_of(&[("lib/base", &noise(1, 20_000))]);
+    let app = noise(2, app_len);
     (0..=n)
         .map(|i| {
             let mut app = app.clone();
