@@ -422,13 +422,14 @@ def main():
         with open(stem + "-pareto.svg", "w") as f:
             f.write(svg)
         plot = os.path.basename(stem) + "-pareto.svg"
-    # Keep the status-path section bench/status.sh wrote (a separate measurement).
+    # Keep the sections bench/status.sh and bench/scale_out.sh wrote (separate measurements).
     kept = ""
     if os.path.exists(args.out_md):
         with open(args.out_md) as f:
             old = f.read()
-        m = re.search(r"<!-- status-path:begin.*?<!-- status-path:end -->", old, re.S)
-        kept = "\n" + m.group(0) + "\n" if m else ""
+        for name in ("status-path", "scale-out"):
+            m = re.search(rf"<!-- {name}:begin.*?<!-- {name}:end -->", old, re.S)
+            kept += "\n" + m.group(0) + "\n" if m else ""
     with open(args.out_md, "w") as f:
         f.write(markdown(data, plot) + kept)
     if args.json:

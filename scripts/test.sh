@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 # docker-registry: a real OCI Distribution registry for pull/push tests.
 # rdiff: an independent librsync decoder that cross-checks every delta we emit.
 # skopeo: an independent containers/image implementation, for interoperability tests.
-pkgs=(docker-registry rdiff skopeo curl)
+# postgresql: the shared store of several `serve` instances (--database), tested for real.
+pkgs=(docker-registry rdiff skopeo postgresql curl)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -47,5 +48,10 @@ fi
 # or faults start private ones from the same binary.
 bash .ci/start-registry.sh
 export BRU_TEST_REGISTRY=127.0.0.1:5055
+
+# One PostgreSQL cluster on loopback (run as the postgres user when root); each test creates
+# its own database in it, and tests that stop or restart PostgreSQL start private clusters.
+bash .ci/start-postgres.sh
+export BRU_TEST_POSTGRES=postgres://postgres@127.0.0.1:5433/postgres
 
 exec cargo test --workspace "$@"

@@ -9,7 +9,8 @@ use anyhow::{bail, Context as _};
 use bru_delta::{Event, Progress, Step};
 use bru_oci::RegistryOptions;
 use bru_service::{
-    absolutize, Bandwidth, BuildProgress, BuilderConfig, ClaimPolicy, Embedded, ImageRecord,
+    absolutize, Bandwidth, BuildProgress, BuilderConfig, ClaimPolicy, Database, Embedded,
+    ImageRecord,
 };
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -51,9 +52,24 @@ pub struct StoreArgs {
     /// The store directory (database in DIR/state/, created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
+    /// Keep the records in this database instead of DIR/state/store.sqlite:
+    /// postgres://USER:PASSWORD@HOST[:PORT]/DB (shared by several servers) or sqlite:PATH.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = crate::serve_cmd::DATABASE_ENV,
+        hide_env_values = true
+    )]
+    database: Option<Database>,
     /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure: Vec<String>,
+}
+
+impl StoreArgs {
+    async fn open(&self) -> anyhow::Result<Embedded> {
+        open_store_with(&self.store, &self.insecure, self.database.as_ref()).await
+    }
 }
 
 /// Arguments of `release add`.
@@ -85,6 +101,15 @@ pub struct ListArgs {
 
 /// Opens the embedded backend of a store directory.
 pub async fn open_store(dir: &Path, insecure: &[String]) -> anyhow::Result<Embedded> {
+    open_store_with(dir, insecure, None).await
+}
+
+/// [`open_store`] with the records in `database` (`None`: in the store directory).
+pub async fn open_store_with(
+    dir: &Path,
+    insecure: &[String],
+    database: Option<&Database>,
+) -> anyhow::Result<Embedded> {
     let mut registry = RegistryOptions::default();
     registry.insecure = insecure.to_vec();
     let mut config = BuilderConfig::new(dir);
@@ -99,9 +124,12 @@ pub async fn open_store(dir: &Path, insecure: &[String]) -> anyhow::Result<Embed
         stale_after: Duration::from_secs(30),
         ..ClaimPolicy::default()
     };
-    Embedded::open(dir, config, policy)
+    Embedded::open_with(dir, database, config, policy)
         .await
-        .with_context(|| format!("open the store {}", dir.display()))
+        .with_context(|| match database {
+            Some(database) => format!("open the store {} on {database}", dir.display()),
+            None => format!("open the store {}", dir.display()),
+        })
 }
 
 /// Runs a `release` subcommand and prints its JSON result on stdout.
@@ -116,19 +144,19 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 };
                 services.push((name.to_owned(), absolutize(name, reference, &cwd)?));
             }
-            let store = open_store(&args.store.store, &args.store.insecure).await?;
+            let store = args.store.open().await?;
             let release = store
                 .add_release(&args.fleet, &args.commit, &services)
                 .await?;
             serde_json::to_string_pretty(&release)?
         }
         ReleaseCommand::List(args) => {
-            let store = open_store(&args.store.store, &args.store.insecure).await?;
+            let store = args.store.open().await?;
             let releases = store.store().list_releases(args.fleet.as_deref()).await?;
             serde_json::to_string_pretty(&releases)?
         }
         ReleaseCommand::SetBandwidth(args) => {
-            let store = open_store(&args.store.store, &args.store.insecure).await?;
+            let store = args.store.open().await?;
             store
                 .store()
                 .set_fleet_bandwidth(&args.fleet, args.device_bandwidth)

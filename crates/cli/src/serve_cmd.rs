@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bru_server::{open_file_limit, Auth, Limits, Server, ServerConfig, Verifier, MAX_POLL};
-use bru_service::Bandwidth;
+use bru_service::{Bandwidth, Database};
 use clap::Args;
 
 /// Status codes of /api/v3/delta, for `serve --help`.
@@ -29,8 +29,10 @@ Status codes of /api/v3/delta:
        with a token, an image id it does not grant (unknown ids alike)
   404  without auth, an unknown image id; the registry does not have the image
   422  the build failed (remembered; not retried until the cool-down ends), or the image cannot be used
-  503  the registry is unreachable or answers 5xx while the images are resolved
-  504  the delta is still being built (the build continues); ask again
+  503  the registry is unreachable or answers 5xx while the images are resolved; the database
+       is unreachable, restarting or out of connections (Retry-After)
+  504  the delta is still being built (the build continues), or waits for a server with a
+       free --workers slot; ask again
   500  the store failed
 Error bodies: {\"error\": short message, \"request_id\": id}; details are in the log under that id.
 
@@ -40,6 +42,9 @@ Limits:
   a request body (every endpoint is a GET)                413
   head not complete within --header-timeout-seconds      connection closed
   more than --max-connections open, all busy             503 Retry-After: 1, connection closed";
+
+/// The environment variable that may carry `--database` (its value is never shown).
+pub const DATABASE_ENV: &str = "BRU_DATABASE_URL";
 
 /// Serve the supervisor's delta endpoint (GET /api/v3/delta) over an embedded store.
 ///
@@ -57,6 +62,11 @@ pub struct ServeArgs {
     /// The store directory (database in DIR/state/, created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
+    /// Keep the records in this database instead of DIR/state/store.sqlite:
+    /// postgres://USER:PASSWORD@HOST[:PORT]/DB, shared by any number of servers (each with
+    /// its own --store), or sqlite:PATH. Migrated at start.
+    #[arg(long, value_name = "URL", env = DATABASE_ENV, hide_env_values = true)]
+    database: Option<Database>,
     /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure: Vec<String>,
@@ -112,6 +122,13 @@ pub struct ServeArgs {
     /// takes it over) and is given up here.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     stall_timeout_seconds: u64,
+    /// Delta builds this server runs at a time [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Claimed builds held waiting for a worker. Beyond them, requests for deltas that need
+    /// a build get 504 without a claim (another server, or this one later, builds them).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    build_queue: usize,
     /// A registry that sends nothing for this long (headers or body) fails the request
     /// (retried, then the build is retried later).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -141,6 +158,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("no --allow-registry: only store image ids can be requested");
     }
     let mut config = ServerConfig::new(&args.store, auth);
+    config.database = args.database.clone();
     config.registry.insecure = args.insecure;
     config.registry.credentials = credentials;
     config.allowed_registries = args.allow;
@@ -163,6 +181,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--build-timeout-seconds, --stall-timeout-seconds and --registry-read-timeout-seconds must be at least 1");
     }
+    let workers = match args.workers {
+        Some(0) => bail!("--workers must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    config.build_limits = Some((workers, args.build_queue));
     config.build_timeout = Duration::from_secs(args.build_timeout_seconds);
     config.stall_timeout = Duration::from_secs(args.stall_timeout_seconds);
     config.registry.timeouts.read = Duration::from_secs(args.registry_read_timeout_seconds);
@@ -177,14 +201,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let server = Server::open(config)
             .await
-            .with_context(|| format!("opening store {}", args.store.display()))?;
+            .with_context(|| match &args.database {
+                Some(database) => format!("opening store {} on {database}", args.store.display()),
+                None => format!("opening store {}", args.store.display()),
+            })?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener
             .local_addr()
             .context("reading the listen address")?;
-        tracing::warn!(%addr, max_connections, "serving");
+        let database = args.database.as_ref().map(ToString::to_string);
+        tracing::warn!(%addr, max_connections, database, "serving");
         server.serve(listener, shutdown_signal()).await?;
         tracing::warn!("stopped");
         Ok(ExitCode::SUCCESS)

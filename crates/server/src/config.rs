@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bru_core::retry::RetryPolicy;
 use bru_oci::RegistryOptions;
-use bru_service::{Bandwidth, ClaimPolicy};
+use bru_service::{Bandwidth, ClaimPolicy, Database};
 
 use crate::{Limits, Verifier};
 
@@ -41,6 +41,9 @@ pub enum Auth {
 pub struct ServerConfig {
     /// The store directory (database and local deltas under `state/`).
     pub store_dir: PathBuf,
+    /// Where the records are instead of `store_dir/state/store.sqlite`: a PostgreSQL
+    /// database shared by several servers (default `None`: the SQLite file).
+    pub database: Option<Database>,
     /// How registries are reached (plain-HTTP hosts, credentials).
     pub registry: RegistryOptions,
     /// Registries images may be read from: `HOST:PORT` matches exactly, a bare `HOST`
@@ -67,6 +70,10 @@ pub struct ServerConfig {
     /// How a build retries its transient failures before it is given up (default
     /// [`RetryPolicy::BUILD`]).
     pub build_retry: RetryPolicy,
+    /// Builds run at a time by this server, and claimed builds held waiting for one
+    /// (`Some((workers, queue))`; see [`bru_service::Embedded::with_build_limits`]).
+    /// Default `None`: no limits.
+    pub build_limits: Option<(usize, usize)>,
 }
 
 impl ServerConfig {
@@ -75,6 +82,7 @@ impl ServerConfig {
     pub fn new(store_dir: impl Into<PathBuf>, auth: Auth) -> Self {
         ServerConfig {
             store_dir: store_dir.into(),
+            database: None,
             registry: RegistryOptions::default(),
             allowed_registries: Vec::new(),
             auth,
@@ -86,6 +94,7 @@ impl ServerConfig {
             build_timeout: Duration::from_secs(2 * 60 * 60),
             stall_timeout: Duration::from_secs(10 * 60),
             build_retry: RetryPolicy::BUILD,
+            build_limits: None,
         }
     }
 }

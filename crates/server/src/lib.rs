@@ -179,9 +179,18 @@ impl Server {
         // Heartbeat well within the stale limit, so live builds are never taken over.
         builder.heartbeat_interval = (config.policy.stale_after / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let backend = Embedded::open(&config.store_dir, builder, config.policy)
-            .await
-            .map_err(ServerError::Store)?;
+        let backend = Embedded::open_with(
+            &config.store_dir,
+            config.database.as_ref(),
+            builder,
+            config.policy,
+        )
+        .await
+        .map_err(ServerError::Store)?;
+        let backend = match config.build_limits {
+            Some((workers, queue)) => backend.with_build_limits(workers, queue),
+            None => backend,
+        };
         Ok(Server {
             state: Arc::new(AppState {
                 backend,

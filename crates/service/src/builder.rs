@@ -15,6 +15,14 @@ use tokio::time::Instant;
 use crate::store::{DeltaRecord, ImageRecord, Outcome, Store};
 use crate::ServiceError;
 
+/// Recording a build's outcome: 6 retries from 0.5 s, at most 5 s apart (about 15 s in
+/// all, the time a database takes to restart).
+const RECORD_RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(500),
+    max_delay: Duration::from_secs(5),
+    retries: 6,
+};
+
 /// How deltas are built and where they go.
 #[derive(Debug, Clone)]
 pub struct BuilderConfig {
@@ -350,7 +358,22 @@ impl DeltaBuilder {
                 (Outcome::Failed { error: chain(&e) }, BuildEnd::Failed)
             }
         };
-        let done = store.finish_delta(row.id, owner, outcome).await?;
+        // The outcome is worth a few tries: a database restarting now must not cost the
+        // build (the row stays ours meanwhile; nobody takes over a fresh heartbeat).
+        let mut retry = 0;
+        let done = loop {
+            match store.finish_delta(row.id, owner, outcome.clone()).await {
+                Err(e) if e.is_transient() => {
+                    retry += 1;
+                    let Some(delay) = RECORD_RETRY.delay(retry, None) else {
+                        return Err(e);
+                    };
+                    tracing::warn!(delta = row.id, error = %chain(&e), retry, "cannot record the outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                done => break done?,
+            }
+        };
         finished(end);
         Ok(done)
     }

@@ -12,10 +12,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::builder::{chain, BuilderConfig, DeltaBuilder};
+use crate::database::Database;
 use crate::import::{absolutize, check_release, resolve_image, FleetFile};
-use crate::sqlite::{now_ms, SqliteStore};
+use crate::postgres::PostgresOptions;
 use crate::store::{
-    Claim, ClaimPolicy, DeltaRecord, ImageRecord, ReleaseRecord, Store, DELTA_VERSION,
+    decide_claim, now_ms, Claim, ClaimPolicy, ClaimStep, DeltaRecord, DeltaStatus, ImageRecord,
+    ReleaseRecord, Store, DELTA_VERSION,
 };
 use crate::ServiceError;
 
@@ -66,6 +68,15 @@ pub struct Embedded {
     interrupted: Arc<Mutex<HashMap<(u64, u64), Interrupted>>>,
     claim_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<JoinSet<()>>,
+    limits: Option<BuildLimits>,
+}
+
+/// How many builds one instance runs and holds; see [`Embedded::with_build_limits`].
+#[derive(Debug, Clone)]
+struct BuildLimits {
+    workers: Arc<tokio::sync::Semaphore>,
+    /// Builds claimed here at most: running plus queued.
+    capacity: usize,
 }
 
 impl Embedded {
@@ -94,6 +105,7 @@ impl Embedded {
             interrupted: Arc::default(),
             claim_lock: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(JoinSet::new()),
+            limits: None,
         }
     }
 
@@ -102,6 +114,19 @@ impl Embedded {
     /// imported the first time. `config.delta_dir` is replaced by `dir/state/deltas`.
     pub async fn open(
         dir: &Path,
+        config: BuilderConfig,
+        policy: ClaimPolicy,
+    ) -> Result<Self, ServiceError> {
+        Self::open_with(dir, None, config, policy).await
+    }
+
+    /// [`Embedded::open`] with the records in `database` instead of
+    /// `dir/state/store.sqlite` (`None`: there). The directory still holds the fleet file
+    /// and the deltas of non-registry images; instances sharing a PostgreSQL database each
+    /// have their own directory and build deltas into the images' registries.
+    pub async fn open_with(
+        dir: &Path,
+        database: Option<&Database>,
         mut config: BuilderConfig,
         policy: ClaimPolicy,
     ) -> Result<Self, ServiceError> {
@@ -109,7 +134,17 @@ impl Embedded {
         // they stay valid from any working directory.
         let dir = &std::path::absolute(dir).map_err(ServiceError::io(dir))?;
         let state = state_dir(dir);
-        let store = SqliteStore::open(state.join("store.sqlite")).await?;
+        let store = match database {
+            Some(database) => {
+                tracing::info!(%database, "opening the store");
+                database.open(PostgresOptions::default()).await?
+            }
+            None => {
+                Database::Sqlite(state.join("store.sqlite"))
+                    .open(PostgresOptions::default())
+                    .await?
+            }
+        };
         config.delta_dir = state.join("deltas");
         let fleet_file = dir.join("fleet.json");
         let owner = local_owner();
@@ -127,12 +162,7 @@ impl Embedded {
             }
             Err(e) => tracing::warn!(error = %e, "cannot clean work directories of dead builds"),
         }
-        let mut this = Embedded::new(
-            Arc::new(store.clone()),
-            DeltaBuilder::new(config),
-            owner,
-            policy,
-        );
+        let mut this = Embedded::new(Arc::clone(&store), DeltaBuilder::new(config), owner, policy);
         this.label = dir.display().to_string();
         if fleet_file.exists() && store.meta("fleet_file_imported").await?.is_none() {
             let file = FleetFile::read(&fleet_file)?;
@@ -156,6 +186,30 @@ impl Embedded {
             tracing::info!(path = %fleet_file.display(), "imported the fleet file");
         }
         Ok(this)
+    }
+
+    /// Runs at most `workers` builds at a time here, and holds at most `queue` more
+    /// claimed builds waiting for a worker (their rows keep heartbeating, so nobody takes
+    /// them over). Beyond that, requests for pairs that need a build are answered
+    /// [`DeltaRequest::Building`] without claiming them: the device asks again (504), and
+    /// the pair is built by whichever instance has room then. Nothing is dropped and
+    /// nothing built twice. Default: no limits.
+    #[must_use]
+    pub fn with_build_limits(mut self, workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        self.limits = Some(BuildLimits {
+            workers: Arc::new(tokio::sync::Semaphore::new(workers)),
+            capacity: workers.saturating_add(queue),
+        });
+        self
+    }
+
+    /// Builds claimed by this instance and not ended yet (running or queued).
+    pub fn builds_in_flight(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// The store.
@@ -196,6 +250,15 @@ impl Embedded {
         if self.is_inflight(src, dest) {
             return Ok(DeltaRequest::Building);
         }
+        // A built delta is final: polls for it skip the claim lock below, which would
+        // otherwise put every request of this process in one line.
+        if let Some(row) = self
+            .store
+            .latest_delta(src, dest, DELTA_VERSION, i64::MAX)
+            .await?
+        {
+            return Ok(DeltaRequest::Ready(row));
+        }
         // One claim at a time in this process, so that concurrent callers see the in-flight
         // mark of the first instead of racing to the database.
         let _guard = self.claim_lock.lock().await;
@@ -208,14 +271,21 @@ impl Embedded {
                 error: i.error,
             });
         }
+        if let Some(limits) = &self.limits {
+            if self.builds_in_flight() >= limits.capacity {
+                return self.answer_without_claim(src, dest).await;
+            }
+        }
         let mut claim = self
             .store
             .claim_delta(src, dest, DELTA_VERSION, &self.owner, &self.policy)
             .await?;
         if let Claim::Running(row) = &claim {
             // A build whose process is gone from this machine is taken over at once, not
-            // after its heartbeat goes stale.
-            if owner_is_dead(&row.owner) && self.store.abandon_delta(row.id, &row.owner).await? {
+            // after its heartbeat goes stale; so is a row of this instance that no build
+            // here runs any more (its build ended without reaching the database).
+            let orphan = row.owner == self.owner || owner_is_dead(&row.owner);
+            if orphan && self.store.abandon_delta(row.id, &row.owner).await? {
                 tracing::info!(delta = row.id, owner = %row.owner, "taking over a build whose process ended");
                 claim = self
                     .store
@@ -242,6 +312,33 @@ impl Embedded {
     pub fn interrupted_for(&self, src: u64, dest: u64) -> Option<Duration> {
         self.interrupted_until(src, dest)
             .map(|i| i.until.saturating_duration_since(Instant::now()))
+    }
+
+    /// The answer for a pair when this instance has no room for another build: what the
+    /// records say, and `Building` (ask again) where a claim would start a build.
+    async fn answer_without_claim(
+        &self,
+        src: u64,
+        dest: u64,
+    ) -> Result<DeltaRequest, ServiceError> {
+        let newest = self.store.newest_delta(src, dest, DELTA_VERSION).await?;
+        let (mut success, mut running, mut failed) = (None, None, None);
+        match newest.as_ref().map(|r| r.status) {
+            Some(DeltaStatus::Success) => success = newest,
+            Some(DeltaStatus::Running) => running = newest,
+            Some(DeltaStatus::Failed) => failed = newest,
+            None => {}
+        }
+        Ok(
+            match decide_claim(now_ms(), &self.policy, success, running, failed) {
+                ClaimStep::Answer(Claim::Ready(row)) => DeltaRequest::Ready(row),
+                ClaimStep::Answer(Claim::Failed(row)) => DeltaRequest::Failed(row),
+                _ => {
+                    tracing::debug!(src, dest, "no room for another build here; not claimed");
+                    DeltaRequest::Building
+                }
+            },
+        )
     }
 
     /// The back-off of a pair interrupted by a transient failure, while it lasts.
@@ -287,7 +384,30 @@ impl Embedded {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         // Reap finished tasks so the set does not grow in a long-running process.
         while tasks.try_join_next().is_some() {}
+        let workers = self.limits.as_ref().map(|l| Arc::clone(&l.workers));
         tasks.spawn(async move {
+            // Queued: wait for a worker, keeping the claim alive.
+            let _permit = match workers {
+                Some(workers) => {
+                    let acquire = workers.acquire_owned();
+                    tokio::pin!(acquire);
+                    let mut tick = tokio::time::interval(builder.config().heartbeat_interval);
+                    tick.tick().await;
+                    loop {
+                        tokio::select! {
+                            permit = &mut acquire => break permit.ok(),
+                            _ = tick.tick() => {
+                                if let Ok(false) = store.heartbeat(row.id, &owner).await {
+                                    tracing::warn!(delta = row.id, "a queued build lost its claim");
+                                    inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                None => None,
+            };
             let result = builder.run(&*store, &row, &owner).await;
             let mut interrupted = interrupted.lock().unwrap_or_else(|p| p.into_inner());
             match result {

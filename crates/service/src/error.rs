@@ -6,19 +6,21 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
-    /// The database failed (cannot open, locked for too long, corrupt, full disk, …).
+    /// The database failed (cannot open or connect, locked for too long, restarting,
+    /// corrupt, full disk, …).
     #[error("database {path} failed")]
     Database {
-        /// The database file.
+        /// The database file, or the URL of a PostgreSQL database without its password.
         path: PathBuf,
-        /// The database engine's error.
+        /// The database engine's error (rusqlite, tokio-postgres, the connection pool, or
+        /// a deadline).
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The database was written by a newer version of this program.
     #[error("database {path} has schema version {found}; this program knows up to {known}")]
     SchemaTooNew {
-        /// The database file.
+        /// The database file or URL (without password).
         path: PathBuf,
         /// `PRAGMA user_version` found.
         found: i64,
@@ -112,8 +114,8 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    /// Whether trying again later may succeed: the database is busy, locked, out of disk or
-    /// failed an I/O; the disk is full; an image could not be read or written for a
+    /// Whether trying again later may succeed: the database is busy, locked, out of disk,
+    /// failed an I/O, unreachable, restarting or out of connections; the disk is full; an image could not be read or written for a
     /// transient reason; the build timed out or stalled (its registry, most likely). Such
     /// failures are retried and never recorded as a failed delta. Everything else (a bad
     /// image, a delta that cannot be built, a corrupt or newer database) is permanent.
@@ -144,15 +146,29 @@ impl ServiceError {
     }
 }
 
+/// Whether a database engine's error is worth retrying, whichever the engine.
 fn database_is_transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     use rusqlite::ErrorCode as C;
-    match e.downcast_ref::<rusqlite::Error>() {
-        Some(rusqlite::Error::SqliteFailure(f, _)) => matches!(
-            f.code,
-            C::DatabaseBusy | C::DatabaseLocked | C::DiskFull | C::SystemIoFailure | C::OutOfMemory
-        ),
-        _ => false,
+    if let Some(e) = e.downcast_ref::<rusqlite::Error>() {
+        return match e {
+            rusqlite::Error::SqliteFailure(f, _) => matches!(
+                f.code,
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::DiskFull
+                    | C::SystemIoFailure
+                    | C::OutOfMemory
+            ),
+            _ => false,
+        };
     }
+    if let Some(e) = e.downcast_ref::<tokio_postgres::Error>() {
+        return crate::postgres::postgres_is_transient(e);
+    }
+    if let Some(e) = e.downcast_ref::<deadpool_postgres::PoolError>() {
+        return crate::postgres::pool_is_transient(e);
+    }
+    e.is::<crate::postgres::DeadlineExceeded>()
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //!
 //! * [`Store`] is the record store, shaped like balena's pine resources (`release`,
 //!   `image`, `delta`); [`SqliteStore`] implements it in one SQLite file (WAL journal,
-//!   schema versioned with `PRAGMA user_version`). Another implementation (PostgreSQL, for
-//!   several server instances) only has to keep [`Store::claim_delta`] atomic.
+//!   schema versioned with `PRAGMA user_version`); [`PostgresStore`] implements it in a
+//!   PostgreSQL database shared by several server instances (see [`Database`]). Both apply
+//!   the same claim rule; each keeps [`Store::claim_delta`] atomic its own way.
 //! * Build once: [`Store::claim_delta`] allows at most one `running` and one `success` row
 //!   per (source image, target image, version), enforced by partial unique indexes. A
 //!   `running` row whose heartbeat is older than [`ClaimPolicy::stale_after`] is taken over
@@ -29,7 +30,10 @@
 //! | `deltas` | id, originates_from__image, produces__image, version, status (`running`/`success`/`failed`), is_stored_at__location, size (bytes a device downloads), error_message, owner, created_at, update_timestamp (heartbeat), end_timestamp |
 //! | `meta` | key, value |
 //!
-//! Times are milliseconds since the Unix epoch. A delta server maps [`DeltaRequest`] to the
+//! Times are milliseconds since the Unix epoch. [`PostgresStore`] has the same tables
+//! (`BIGINT` identity ids, the same partial unique indexes), versioned in
+//! `bru_schema_migrations` and migrated under an advisory lock; its row times come from the
+//! database's clock. A delta server maps [`DeltaRequest`] to the
 //! supervisor protocol: `Ready` → 200 with the location, `Building` → 504, `Failed` → a 4xx
 //! other than 401 so devices fall back to a regular pull.
 //!
@@ -48,17 +52,21 @@
 #![deny(missing_docs)]
 
 mod builder;
+mod database;
 mod embedded;
 mod error;
 mod import;
+mod postgres;
 mod sqlite;
 mod store;
 
 pub use bru_delta::Bandwidth;
 pub use builder::{delta_tag, delta_tag_for, BuildEnd, BuildProgress, BuilderConfig, DeltaBuilder};
+pub use database::{Database, DatabaseParseError};
 pub use embedded::{state_dir, DeltaRequest, Embedded};
 pub use error::ServiceError;
 pub use import::{absolutize, check_release, resolve_image, FleetFile, FleetRelease};
+pub use postgres::{DeadlineExceeded, PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use store::{
     Claim, ClaimPolicy, DeltaRecord, DeltaStatus, ImageRecord, NewImage, Outcome, ReleaseRecord,

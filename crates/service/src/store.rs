@@ -160,12 +160,71 @@ pub enum Outcome {
     },
 }
 
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A duration in milliseconds, saturating.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What a claim does, decided from the newest rows of a pair: the business rule of
+/// [`Store::claim_delta`], shared by every backend. Each backend reads the rows under its
+/// own lock and carries out the decision in the same transaction.
+#[derive(Debug)]
+pub(crate) enum ClaimStep {
+    /// Answer without writing.
+    Answer(Claim),
+    /// Take over this stale `running` row.
+    TakeOver(DeltaRecord),
+    /// Insert a new `running` row.
+    Insert,
+}
+
+/// Decides a claim at `now` (ms since the epoch) from the newest `success`, `running` and
+/// `failed` rows of the pair.
+pub(crate) fn decide_claim(
+    now: i64,
+    policy: &ClaimPolicy,
+    success: Option<DeltaRecord>,
+    running: Option<DeltaRecord>,
+    failed: Option<DeltaRecord>,
+) -> ClaimStep {
+    if let Some(row) = success {
+        return ClaimStep::Answer(Claim::Ready(row));
+    }
+    if let Some(row) = running {
+        if row.update_timestamp > now.saturating_sub(ms(policy.stale_after)) {
+            return ClaimStep::Answer(Claim::Running(row));
+        }
+        return ClaimStep::TakeOver(row);
+    }
+    if let Some(row) = failed {
+        let ended = row.end_timestamp.unwrap_or(row.update_timestamp);
+        if ended > now.saturating_sub(ms(policy.retry_failed_after)) {
+            return ClaimStep::Answer(Claim::Failed(row));
+        }
+    }
+    ClaimStep::Insert
+}
+
 /// Persistent records of fleets, releases, images and deltas.
 ///
 /// Implementations must make [`Store::claim_delta`] atomic across processes: at most one
 /// `running` and at most one `success` row per (source, target, version).
 #[async_trait]
 pub trait Store: Send + Sync + Debug {
+    /// Reads a value of the store's key/value metadata.
+    async fn meta(&self, key: &str) -> Result<Option<String>, ServiceError>;
+
+    /// Sets a value of the store's key/value metadata.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), ServiceError>;
+
     /// Records a successful release of `fleet` (created if new) with one image per service.
     async fn add_release(
         &self,

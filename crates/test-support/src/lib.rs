@@ -4,7 +4,8 @@
 //! `docker-registry`): the one CI starts (`BRU_TEST_REGISTRY=HOST:PORT`), or a
 //! private one started on a free loopback port for the test and killed when
 //! dropped. A missing binary fails the test with an install hint; it never
-//! skips silently.
+//! skips silently. [`TestPostgres`] is a real PostgreSQL server, found or started
+//! the same way.
 
 #![deny(missing_docs)]
 
@@ -137,7 +138,9 @@ impl TestRegistry {
     }
 }
 
+mod postgres;
 mod proxy;
+pub use postgres::TestPostgres;
 pub use proxy::{FaultProxy, ProxyMode};
 
 /// A repository name unique to this test run, so tests sharing a registry do not collide.

@@ -57,3 +57,25 @@ pub async fn backend(db: &Path, deltas: &Path, owner: &str, policy: ClaimPolicy)
         policy,
     )
 }
+
+/// Writes `n + 1` images of one service into a layout (tags `v0` … `vN`: a shared base
+/// layer, an app binary of `app_len` bytes changed a little in each) and returns their
+/// references: `n` image pairs (`v0` → `vI`), each its own delta.
+pub fn variants(dir: &Path, n: usize, app_len: usize) -> Vec<String> {
+    let layout = OciDir::create(dir).unwrap();
+    let base = tar_of(&[("lib/base", &noise(1, 20_000))]);
+    let app = noise(2, app_len);
+    (0..=n)
+        .map(|i| {
+            let mut app = app.clone();
+            if i > 0 {
+                let at = (i * 997) % (app_len - 16);
+                app[at..at + 16].copy_from_slice(format!("variant{i:09}").as_bytes());
+            }
+            let tag = format!("v{i}");
+            let spec = ImageSpec::new(vec![base.clone(), tar_of(&[("app/bin", &app)])]);
+            layout.write_image(&tag, &spec).unwrap();
+            format!("oci:{}:{tag}", dir.display())
+        })
+        .collect()
+}

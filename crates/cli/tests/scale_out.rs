@@ -1,0 +1,238 @@
+//! Issue 10: several `serve` processes on one PostgreSQL database (`--database`) and the
+//! real registry. Concurrent devices over many image pairs get every delta built once and
+//! every request answered per protocol; `kill -9` of the instance building a delta lets
+//! another one complete it.
+
+#![cfg(unix)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bru_oci::{tar_of, ImageSpec, OciDir, RegistryOptions};
+use bru_test_support::{noise, unique_repo, TestPostgres, TestRegistry};
+
+const BIN: &str = env!("CARGO_BIN_EXE_balena-release-update");
+
+/// A `serve` process, killed when dropped.
+struct Instance {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `serve` on `database` with its own store directory.
+fn serve(database: &str, store: &Path, registry: &str, extra: &[&str]) -> Instance {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--store"])
+        .arg(store)
+        .args([
+            "--allow-registry",
+            registry,
+            "--insecure-registry",
+            registry,
+        ])
+        .args(extra)
+        // The URL comes from the environment, as in a deployment.
+        .env("BRU_DATABASE_URL", database)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut log = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no serving line: {log}"
+        );
+        log.push_str(&line);
+        if let Some((_, rest)) = line.split_once("addr=") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    Instance { child, addr }
+}
+
+/// A plain HTTP/1.1 GET: the status and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls like a device: 504 (building) and 503 (retry later) are asked again, anything
+/// else is the answer.
+fn poll_delta(addr: &str, query: &str) -> (u16, String) {
+    for _ in 0..1200 {
+        let (status, body) = http_get(addr, query);
+        if status != 504 && status != 503 {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no answer but 504/503 for {query} from {addr}");
+}
+
+/// Pushes `n + 1` images (tags v0 … vN, an app binary of `len` bytes changed a little in
+/// each) to `registry`; returns their references.
+async fn push_images(registry: &str, n: usize, len: usize, dir: &Path) -> Vec<String> {
+    let mut opts = RegistryOptions::default();
+    opts.insecure = vec![registry.to_string()];
+    let layout = OciDir::create(dir).unwrap();
+    let repo = unique_repo("scale-out");
+    let app = noise(10, len);
+    let mut refs = Vec::new();
+    for i in 0..=n {
+        let mut app = app.clone();
+        if i > 0 {
+            let at = (i * 7919) % (len - 16);
+            app[at..at + 16].copy_from_slice(format!("variant{i:09}").as_bytes());
+        }
+        let tag = format!("v{i}");
+        let spec = ImageSpec::new(vec![tar_of(&[("app/bin", &app)])]);
+        layout.write_image(&tag, &spec).unwrap();
+        let from: bru_oci::ImageReference = format!("oci:{}:{tag}", dir.display()).parse().unwrap();
+        let to = format!("{registry}/{repo}:{tag}");
+        let src = bru_oci::open_source(&from, &opts).await.unwrap();
+        let sink = bru_oci::open_sink(&to.parse().unwrap(), &opts)
+            .await
+            .unwrap();
+        bru_oci::copy_image(&*src, &*sink).await.unwrap();
+        refs.push(to);
+    }
+    refs
+}
+
+fn metric(addr: &str, name: &str) -> u64 {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_answer_200_devices_and_build_each_pair_once() {
+    let registry = TestRegistry::shared();
+    let pg = TestPostgres::shared();
+    let database = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = push_images(&registry.addr, 10, 300_000, &tmp.path().join("images")).await;
+    let instances: Vec<Instance> = (0..3)
+        .map(|i| {
+            serve(
+                &database,
+                &tmp.path().join(format!("store-{i}")),
+                &registry.addr,
+                &["--poll-seconds", "1"],
+            )
+        })
+        .collect();
+    let queries: Vec<String> = refs[1..]
+        .iter()
+        .map(|dest| format!("/api/v3/delta?src={}&dest={dest}", refs[0]))
+        .collect();
+
+    let answers: Vec<(usize, u16, String)> = std::thread::scope(|s| {
+        let (instances, queries) = (&instances, &queries);
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let pair = i % queries.len();
+                let (addr, query) = (&instances[i % 3].addr, &queries[pair]);
+                s.spawn(move || {
+                    let (status, body) = poll_delta(addr, query);
+                    (pair, status, body)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    // Every device got its delta; all devices asking for a pair got the same one.
+    let mut names = vec![None; queries.len()];
+    for (pair, status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let name = serde_json::from_str::<serde_json::Value>(body).unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(name.contains(":delta-"), "{name}");
+        let first = names[*pair].get_or_insert_with(|| name.clone());
+        assert_eq!(*first, name);
+    }
+    // Built once per pair, across the three instances.
+    let started: u64 = instances
+        .iter()
+        .map(|i| metric(&i.addr, "bru_delta_builds_started_total"))
+        .sum();
+    assert_eq!(started, queries.len() as u64);
+    let rows = pg
+        .psql(
+            &database,
+            "SELECT count(*) || ' ' || count(*) FILTER (WHERE status = 'success') FROM deltas",
+        )
+        .unwrap();
+    assert_eq!(rows, format!("{0} {0}", queries.len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_building_instance_lets_another_complete_the_build() {
+    let registry = TestRegistry::shared();
+    let pg = TestPostgres::shared();
+    let database = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = push_images(&registry.addr, 1, 8 << 20, &tmp.path().join("images")).await;
+    let query = format!("/api/v3/delta?src={}&dest={}", refs[0], refs[1]);
+    let args = ["--poll-seconds", "0", "--stale-seconds", "2"];
+    let mut builder = serve(&database, &tmp.path().join("s0"), &registry.addr, &args);
+    let other = serve(&database, &tmp.path().join("s1"), &registry.addr, &args);
+
+    let (status, body) = http_get(&builder.addr, &query);
+    assert_eq!(status, 504, "{body}");
+    let owner = pg
+        .psql(&database, "SELECT owner || ' ' || status FROM deltas")
+        .unwrap();
+    assert!(owner.ends_with(" running"), "{owner}");
+    builder.child.kill().unwrap();
+    builder.child.wait().unwrap();
+
+    let (status, body) = poll_delta(&other.addr, &query);
+    assert_eq!(status, 200, "{body}");
+    let rows = pg
+        .psql(&database, "SELECT owner || ' ' || status FROM deltas")
+        .unwrap();
+    assert!(rows.ends_with(" success"), "{rows}");
+    assert_ne!(
+        rows.split(' ').next(),
+        owner.split(' ').next(),
+        "completed by another instance"
+    );
+    assert_eq!(rows.lines().count(), 1, "{rows}");
+    assert_eq!(metric(&other.addr, "bru_delta_builds_started_total"), 1);
+}
