@@ -1,10 +1,10 @@
 //! Deadlines of registry traffic: how long a connection, a read and a slow transfer may
-//! take, and the one HTTP client per setting that every registry connection shares.
+//! take, and the HTTP clients (one per setting) that a program's registry connections share.
 
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,31 +40,43 @@ impl Default for Timeouts {
     }
 }
 
-/// The HTTP client for registries spoken to with `insecure` (plain HTTP allowed) and these
-/// timeouts. One client per setting for the whole process, so that connections are pooled
-/// across images, builds and requests.
-pub(crate) fn shared_client(
-    insecure: bool,
-    timeouts: &Timeouts,
-) -> Result<reqwest::Client, reqwest::Error> {
-    static CLIENTS: OnceLock<Mutex<HashMap<(bool, Timeouts), reqwest::Client>>> = OnceLock::new();
-    let mut clients = CLIENTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = clients.get(&(insecure, *timeouts)) {
-        return Ok(c.clone());
+/// The HTTP clients of one program's registry traffic, one per setting (plain HTTP allowed
+/// or not, timeouts), created on first use and shared by every clone: connections are pooled
+/// across images, builds and requests. It lives in [`crate::RegistryOptions`], so a program
+/// that builds its options once shares one pool; it is not process-global, because pooled
+/// connections belong to the async runtime that opened them (tests run one runtime each).
+#[derive(Clone, Default)]
+pub struct HttpClients(Arc<Mutex<HashMap<(bool, Timeouts), reqwest::Client>>>);
+
+impl std::fmt::Debug for HttpClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("HttpClients").field("clients", &n).finish()
     }
-    let client = reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .read_timeout(timeouts.read)
-        .user_agent(concat!("balena-release-update/", env!("CARGO_PKG_VERSION")))
-        .https_only(!insecure)
-        // Blobs are content-addressed: never let a Content-Encoding header change the bytes.
-        .no_gzip()
-        .build()?;
-    clients.insert((insecure, *timeouts), client.clone());
-    Ok(client)
+}
+
+impl HttpClients {
+    /// The client for registries spoken to with `insecure` and these timeouts.
+    pub(crate) fn get(
+        &self,
+        insecure: bool,
+        timeouts: &Timeouts,
+    ) -> Result<reqwest::Client, reqwest::Error> {
+        let mut clients = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&(insecure, *timeouts)) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.read)
+            .user_agent(concat!("balena-release-update/", env!("CARGO_PKG_VERSION")))
+            .https_only(!insecure)
+            // Blobs are content-addressed: never let a Content-Encoding header change the bytes.
+            .no_gzip()
+            .build()?;
+        clients.insert((insecure, *timeouts), client.clone());
+        Ok(client)
+    }
 }
 
 /// A body stream that fails with [`io::ErrorKind::TimedOut`] when it delivers fewer than
@@ -124,6 +136,20 @@ where
 mod tests {
     use super::*;
     use futures::StreamExt as _;
+
+    #[test]
+    fn clones_share_their_clients_and_separate_options_do_not() {
+        let a = HttpClients::default();
+        let shared = a.clone();
+        a.get(true, &Timeouts::default()).unwrap();
+        a.get(true, &Timeouts::default()).unwrap();
+        shared.get(false, &Timeouts::default()).unwrap();
+        assert_eq!(format!("{a:?}"), "HttpClients { clients: 2 }");
+        assert_eq!(
+            format!("{:?}", HttpClients::default()),
+            "HttpClients { clients: 0 }"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_trickle_fails_and_a_steady_stream_passes() {

@@ -78,7 +78,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 pub use copy::copy_image;
-pub use deadline::Timeouts;
+pub use deadline::{HttpClients, Timeouts};
 pub use digest::{Digest, Hasher};
 pub use error::OciError;
 #[cfg(feature = "fixtures")]

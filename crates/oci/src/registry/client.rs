@@ -15,7 +15,6 @@ use bru_core::retry::{parse_retry_after, RetryPolicy};
 
 use super::auth::{docker_config_credentials, AuthState};
 use super::{Credentials, RegistryOptions};
-use crate::deadline::shared_client;
 use crate::OciError;
 
 /// A connection to one registry host.
@@ -157,10 +156,13 @@ impl Client {
     pub(super) fn new(registry: &str, opts: &RegistryOptions) -> Result<Self, OciError> {
         let insecure = opts.insecure.iter().any(|h| h == registry);
         let scheme = if insecure { "http" } else { "https" };
-        let http = shared_client(insecure, &opts.timeouts).map_err(|e| OciError::Http {
-            url: registry.to_string(),
-            reason: e.to_string(),
-        })?;
+        let http = opts
+            .clients
+            .get(insecure, &opts.timeouts)
+            .map_err(|e| OciError::Http {
+                url: registry.to_string(),
+                reason: e.to_string(),
+            })?;
         let credentials = opts
             .credentials
             .clone()

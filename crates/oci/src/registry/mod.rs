@@ -13,7 +13,7 @@ mod source;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::deadline::Timeouts;
+use crate::deadline::{HttpClients, Timeouts};
 use crate::Platform;
 
 pub(crate) use sink::RegistrySink;
@@ -74,6 +74,8 @@ pub struct RegistryOptions {
     pub docker_config: Option<PathBuf>,
     /// Connect, read and slow-transfer limits of every request.
     pub timeouts: Timeouts,
+    /// The HTTP clients shared by everything using these options (and their clones).
+    pub clients: HttpClients,
 }
 
 pub(super) fn pull_scope(repo: &str) -> String {
