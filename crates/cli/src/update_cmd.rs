@@ -107,22 +107,11 @@ fn parse_integer(s: &str) -> Option<u64> {
     s.parse::<u64>().ok().filter(|n| n.to_string() == s)
 }
 
-/// A release argument: an id if it is a canonical integer (up to 2^53 - 1, as in
-/// JavaScript), else a commit prefix if it contains 6-32 ASCII alphanumerics in a row.
+/// A release argument ([`ReleaseRef`]'s `FromStr`), with the original's error message.
 fn parse_release(value: &str, flag: &str) -> anyhow::Result<ReleaseRef> {
-    const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-    if let Some(id) = parse_integer(value).filter(|id| *id <= MAX_SAFE_INTEGER) {
-        return Ok(ReleaseRef::Id(id));
-    }
-    let longest_run = value
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
-    if longest_run >= 6 {
-        return Ok(ReleaseRef::Commit(value.to_owned()));
-    }
-    bail!("Invalid value for {flag} option: {value}")
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("Invalid value for {flag} option: {value}"))
 }
 
 /// Runs the main job and prints the JSON report on stdout.

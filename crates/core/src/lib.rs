@@ -34,7 +34,8 @@ mod update;
 pub use backend::{DeltaService, ReleaseSource};
 pub use error::Error;
 pub use model::{
-    Delta, DeltaStatus, DeltaTrigger, Image, Release, ReleaseRef, ServiceImage, UnknownDeltaStatus,
+    BadReleaseRef, Delta, DeltaStatus, DeltaTrigger, Image, Release, ReleaseRef, ServiceImage,
+    UnknownDeltaStatus,
 };
 pub use redact::{redact_text, redact_url};
 pub use report::{

@@ -20,6 +20,38 @@ impl fmt::Display for ReleaseRef {
     }
 }
 
+/// A release argument that is neither an id nor a commit prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a release id or commit prefix: {0}")]
+pub struct BadReleaseRef(pub String);
+
+impl std::str::FromStr for ReleaseRef {
+    type Err = BadReleaseRef;
+
+    /// As the original tool reads `--from-release`/`--to-release`: an id if the text is a
+    /// canonical decimal integer up to 2^53 - 1 (JavaScript's safe integers; `0123` is not
+    /// canonical), else a commit prefix if it holds at least 6 ASCII alphanumerics in a row.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+        let canonical = s
+            .parse::<u64>()
+            .ok()
+            .filter(|n| n.to_string() == s && *n <= MAX_SAFE_INTEGER);
+        if let Some(id) = canonical {
+            return Ok(ReleaseRef::Id(id));
+        }
+        let longest_run = s
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        if longest_run >= 6 {
+            return Ok(ReleaseRef::Commit(s.to_owned()));
+        }
+        Err(BadReleaseRef(s.chars().take(128).collect()))
+    }
+}
+
 /// A successful release with the images of its services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
@@ -124,4 +156,30 @@ pub enum DeltaTrigger {
     Ready,
     /// The delta is being built; ask again later.
     Building,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_refs_parse_like_the_original_and_print_back() {
+        for (text, want) in [
+            ("900813", ReleaseRef::Id(900813)),
+            ("9007199254740991", ReleaseRef::Id(9_007_199_254_740_991)),
+            (
+                "9007199254740992",
+                ReleaseRef::Commit("9007199254740992".into()),
+            ),
+            ("0123456", ReleaseRef::Commit("0123456".into())),
+            ("84d3d8f", ReleaseRef::Commit("84d3d8f".into())),
+        ] {
+            let parsed: ReleaseRef = text.parse().unwrap();
+            assert_eq!(parsed, want);
+            assert_eq!(parsed.to_string(), text);
+        }
+        for bad in ["", "abc", "0123", "ab-cd-ef", "1234x"] {
+            assert_eq!(bad.parse::<ReleaseRef>(), Err(BadReleaseRef(bad.into())));
+        }
+    }
 }
