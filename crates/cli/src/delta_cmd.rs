@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bru_delta::{ApplyOptions, Bandwidth, ByteSize, CreateOptions, Event, Format, Progress, Step};
-use bru_oci::{Credentials, ImageReference, ImageSink, ImageSource, RegistryOptions};
+use bru_oci::{ImageReference, ImageSink, ImageSource, RegistryOptions};
+
+use crate::registry_args::RegistryArgs;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -87,25 +89,6 @@ pub struct CommonArgs {
     registry: RegistryArgs,
 }
 
-/// Registry access options.
-#[derive(Debug, Args)]
-pub struct RegistryArgs {
-    /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure: Vec<String>,
-    /// Registry credentials USER:PASSWORD [default: ~/.docker/config.json].
-    #[arg(
-        long,
-        value_name = "USER:PASSWORD",
-        env = "BRU_REGISTRY_CREDS",
-        hide_env_values = true
-    )]
-    creds: Option<String>,
-    /// Platform to pick from a multi-platform image: OS/ARCH[/VARIANT].
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]", default_value = "linux/amd64")]
-    platform: String,
-}
-
 /// Manifest flavours.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ManifestFlavour {
@@ -113,24 +96,6 @@ enum ManifestFlavour {
     Docker,
     /// OCI image manifest.
     Oci,
-}
-
-impl RegistryArgs {
-    fn options(&self) -> anyhow::Result<RegistryOptions> {
-        let mut opts = RegistryOptions::default();
-        opts.insecure = self.insecure.clone();
-        opts.credentials = self.creds.as_deref().map(parse_creds).transpose()?;
-        opts.platform = self
-            .platform
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--platform: {e}"))?;
-        Ok(opts)
-    }
-}
-
-/// Parses `USER:PASSWORD` registry credentials (`--creds`).
-pub(crate) fn parse_creds(creds: &str) -> anyhow::Result<Credentials> {
-    creds.parse().map_err(|e| anyhow::anyhow!("--creds: {e}"))
 }
 
 fn format_for(output: &ImageReference, flavour: Option<ManifestFlavour>) -> Format {

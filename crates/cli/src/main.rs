@@ -8,6 +8,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod delta_cmd;
+mod registry_args;
 mod release_cmd;
 mod serve_cmd;
 mod update_cmd;

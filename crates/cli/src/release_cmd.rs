@@ -61,14 +61,18 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     database: Option<Database>,
-    /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure: Vec<String>,
+    #[command(flatten)]
+    registry: crate::registry_args::RegistryArgs,
 }
 
 impl StoreArgs {
     async fn open(&self) -> anyhow::Result<Embedded> {
-        open_store_with(&self.store, &self.insecure, self.database.as_ref()).await
+        open_store_with(
+            &self.store,
+            self.registry.options()?,
+            self.database.as_ref(),
+        )
+        .await
     }
 }
 
@@ -100,18 +104,16 @@ pub struct ListArgs {
 }
 
 /// Opens the embedded backend of a store directory.
-pub async fn open_store(dir: &Path, insecure: &[String]) -> anyhow::Result<Embedded> {
-    open_store_with(dir, insecure, None).await
+pub async fn open_store(dir: &Path, registry: RegistryOptions) -> anyhow::Result<Embedded> {
+    open_store_with(dir, registry, None).await
 }
 
 /// [`open_store`] with the records in `database` (`None`: in the store directory).
 pub async fn open_store_with(
     dir: &Path,
-    insecure: &[String],
+    registry: RegistryOptions,
     database: Option<&Database>,
 ) -> anyhow::Result<Embedded> {
-    let mut registry = RegistryOptions::default();
-    registry.insecure = insecure.to_vec();
     let mut config = BuilderConfig::new(dir);
     config.registry = registry;
     // One machine, short-lived processes: a build left behind by an interrupted run is

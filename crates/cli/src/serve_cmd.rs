@@ -67,18 +67,8 @@ pub struct ServeArgs {
     /// its own --store), or sqlite:PATH. Migrated at start.
     #[arg(long, value_name = "URL", env = DATABASE_ENV, hide_env_values = true)]
     database: Option<Database>,
-    /// Speak plain HTTP to this registry (HOST:PORT); repeatable. HTTPS otherwise.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure: Vec<String>,
-    /// Registry credentials USER:PASSWORD for pulling images and pushing deltas
-    /// [default: ~/.docker/config.json].
-    #[arg(
-        long,
-        value_name = "USER:PASSWORD",
-        env = "BRU_REGISTRY_CREDS",
-        hide_env_values = true
-    )]
-    creds: Option<String>,
+    #[command(flatten)]
+    registry: crate::registry_args::RegistryArgs,
     /// A registry images may be read from and deltas written to (HOST:PORT exactly, or HOST
     /// on any port); repeatable. Requests naming any other registry get 403.
     #[arg(long = "allow-registry", value_name = "HOST[:PORT]")]
@@ -145,11 +135,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (None, true) => Auth::None,
         _ => bail!("give --jwt-public-key FILE, or --no-auth to accept requests without a token"),
     };
-    let credentials = args
-        .creds
-        .as_deref()
-        .map(crate::delta_cmd::parse_creds)
-        .transpose()?;
+    let registry = args.registry.options()?;
     let poll = Duration::from_secs(args.poll_seconds);
     if poll > MAX_POLL {
         bail!("--poll-seconds must be at most {}", MAX_POLL.as_secs());
@@ -159,8 +145,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut config = ServerConfig::new(&args.store, auth);
     config.database = args.database.clone();
-    config.registry.insecure = args.insecure;
-    config.registry.credentials = credentials;
+    config.registry = registry;
     config.allowed_registries = args.allow;
     config.poll = poll;
     if args.stale_seconds == 0 {

@@ -45,13 +45,9 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
 
-    /// With --store: speak plain HTTP to this registry (HOST:PORT); repeatable.
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST:PORT",
-        requires = "store"
-    )]
-    insecure: Vec<String>,
+    /// With --store: how to reach the registries of the store's images.
+    #[command(flatten)]
+    registry: crate::registry_args::RegistryArgs,
 }
 
 /// What the flags ask for, validated.
@@ -116,11 +112,19 @@ fn parse_release(value: &str, flag: &str) -> anyhow::Result<ReleaseRef> {
 
 /// Runs the main job and prints the JSON report on stdout.
 pub async fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
-    let (store, insecure) = (args.store.clone(), args.insecure.clone());
+    let store = args.store.clone();
+    // BRU_REGISTRY_CREDS may be set for other commands; the flags that name hosts or a
+    // platform make no sense without a store.
+    if store.is_none()
+        && (!args.registry.insecure.is_empty() || args.registry.platform != "linux/amd64")
+    {
+        bail!("--insecure-registry and --platform need --store");
+    }
+    let registry = args.registry.options()?;
     let job = args.job()?;
     let result = match store {
         Some(dir) => {
-            let backend = crate::release_cmd::open_store(&dir, &insecure).await?;
+            let backend = crate::release_cmd::open_store(&dir, registry).await?;
             let result = match &job.prepare {
                 None => get_update_info(&job.from, &job.to, &backend).await,
                 Some(options) => prepare_update(&job.from, &job.to, &backend, options).await,

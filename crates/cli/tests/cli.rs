@@ -552,3 +552,35 @@ fn verbose_logs_go_to_stderr_only() {
         run.stderr
     );
 }
+
+#[test]
+fn registry_flags_of_the_store_mode_need_a_store() {
+    let env = env(State::standard());
+    for extra in [
+        &["--insecure-registry", "127.0.0.1:5000"][..],
+        &["--platform", "linux/arm64"][..],
+    ] {
+        let mut args = vec!["--from-release", "900813", "--to-release", "900814"];
+        args.extend_from_slice(extra);
+        assert_error(
+            &run(&env, &args),
+            "--insecure-registry and --platform need --store",
+        );
+    }
+    // A malformed platform is refused before anything is asked.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().display().to_string();
+    let mut args = vec![
+        "--store",
+        store.as_str(),
+        "--from-release",
+        "1",
+        "--to-release",
+        "2",
+    ];
+    args.extend_from_slice(&["--platform", "linux"]);
+    assert_error(
+        &run(&env, &args),
+        "--platform: invalid platform \"linux\": expected OS/ARCH[/VARIANT]",
+    );
+}
