@@ -4,10 +4,10 @@
 //! registry tokens from `/auth/v1/token`), the real `serve` binary verifies those tokens
 //! with the API's public key, and Debian's docker-registry holds the images and deltas.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+mod bin_support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use base64::Engine as _;
 use bru_oci::{open_sink, open_source, tar_of, ImageSpec, OciDir, RegistryOptions};
@@ -128,8 +128,8 @@ fn spawn_serve(key_pem: &str, registry: &str, dir: &Path) -> (Child, String) {
     std::fs::create_dir_all(dir).unwrap();
     let key = dir.join("registry-token.pub.pem");
     std::fs::write(&key, key_pem).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--poll-seconds", "0"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--poll-seconds", "0"])
         .arg("--store")
         .arg(dir.join("store"))
         .arg("--jwt-public-key")
@@ -140,45 +140,8 @@ fn spawn_serve(key_pem: &str, registry: &str, dir: &Path) -> (Child, String) {
             "--insecure-registry",
             registry,
         ])
-        .env_remove("RUST_LOG")
-        .env_remove("BRU_REGISTRY_CREDS")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no serving line");
-        if let Some((_, rest)) = line.split_once("addr=") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, addr)
-}
-
-/// A plain HTTP/1.1 GET with an optional `Authorization`: the status and the body.
-fn http_get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+        .env_remove("BRU_REGISTRY_CREDS");
+    bin_support::start_serve(cmd)
 }
 
 /// The client as a user: token file, API and delta URLs from the environment, a home
@@ -234,7 +197,7 @@ fn report(run: &Run) -> Value {
 
 /// `bru_delta_builds_started_total` of `serve`.
 fn builds_started(serve: &str) -> u64 {
-    let (status, text) = http_get(serve, "/metrics", None);
+    let (status, text) = bin_support::http_get(serve, "/metrics", None);
     assert_eq!(status, 200);
     text.lines()
         .find_map(|l| l.strip_prefix("bru_delta_builds_started_total "))
@@ -391,7 +354,7 @@ async fn openbalena_fleet_report_prepare_wait_device_pull_and_refusal() {
     // serve returns, applied to the source: the target's image ID.
     let basic =
         base64::engine::general_purpose::STANDARD.encode(format!("d_0123456789abcdef:{DEVICE}"));
-    let (status, body) = http_get(
+    let (status, body) = bin_support::http_get(
         &api.addr.to_string(),
         &token_target,
         Some(&format!("Basic {basic}")),
@@ -406,7 +369,7 @@ async fn openbalena_fleet_report_prepare_wait_device_pull_and_refusal() {
     assert_eq!(claims["sub"], "d_0123456789abcdef");
     let src_ref = format!("{}@{}", from.location, from.digest);
     let dest_ref = format!("{}@{}", to.location, to.digest);
-    let (status, body) = http_get(
+    let (status, body) = bin_support::http_get(
         &serve_addr,
         &format!("/api/v3/delta?src={src_ref}&dest={dest_ref}"),
         Some(&format!("Bearer {device_token}")),
@@ -442,7 +405,7 @@ async fn openbalena_fleet_report_prepare_wait_device_pull_and_refusal() {
         )
     );
     assert_eq!(refused.stdout, "");
-    let (status, body) = http_get(
+    let (status, body) = bin_support::http_get(
         &api.addr.to_string(),
         &token_target,
         Some(&format!("Bearer {BOB}")),
@@ -460,7 +423,7 @@ async fn openbalena_fleet_report_prepare_wait_device_pull_and_refusal() {
         "a denied scope has no actions"
     );
     for path in ["/api/v3/delta", "/api/v3/delta/status"] {
-        let (status, body) = http_get(
+        let (status, body) = bin_support::http_get(
             &serve_addr,
             &format!("{path}?src={src_ref}&dest={dest_ref}"),
             Some(&format!("Bearer {bob_token}")),

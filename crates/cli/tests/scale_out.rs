@@ -5,10 +5,10 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+mod bin_support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use bru_oci::{tar_of, ImageSpec, OciDir, RegistryOptions};
@@ -31,8 +31,8 @@ impl Drop for Instance {
 
 /// Starts `serve` on `database` with its own store directory.
 fn serve(database: &str, store: &Path, registry: &str, extra: &[&str]) -> Instance {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--store"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-auth", "--store"])
         .arg(store)
         .args([
             "--allow-registry",
@@ -42,56 +42,16 @@ fn serve(database: &str, store: &Path, registry: &str, extra: &[&str]) -> Instan
         ])
         .args(extra)
         // The URL comes from the environment, as in a deployment.
-        .env("BRU_DATABASE_URL", database)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut log = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no serving line: {log}"
-        );
-        log.push_str(&line);
-        if let Some((_, rest)) = line.split_once("addr=") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        .env("BRU_DATABASE_URL", database);
+    let (child, addr) = bin_support::start_serve(cmd);
     Instance { child, addr }
-}
-
-/// A plain HTTP/1.1 GET: the status and the body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Polls like a device: 504 (building) and 503 (retry later) are asked again, anything
 /// else is the answer.
 fn poll_delta(addr: &str, query: &str) -> (u16, String) {
     for _ in 0..1200 {
-        let (status, body) = http_get(addr, query);
+        let (status, body) = bin_support::http_get(addr, query, None);
         if status != 504 && status != 503 {
             return (status, body);
         }
@@ -131,7 +91,7 @@ async fn push_images(registry: &str, n: usize, len: usize, dir: &Path) -> Vec<St
 }
 
 fn metric(addr: &str, name: &str) -> u64 {
-    let (status, body) = http_get(addr, "/metrics");
+    let (status, body) = bin_support::http_get(addr, "/metrics", None);
     assert_eq!(status, 200);
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -213,7 +173,7 @@ async fn killing_the_building_instance_lets_another_complete_the_build() {
     let mut builder = serve(&database, &tmp.path().join("s0"), &registry.addr, &args);
     let other = serve(&database, &tmp.path().join("s1"), &registry.addr, &args);
 
-    let (status, body) = http_get(&builder.addr, &query);
+    let (status, body) = bin_support::http_get(&builder.addr, &query, None);
     assert_eq!(status, 504, "{body}");
     let owner = pg
         .psql(&database, "SELECT owner || ' ' || status FROM deltas")

@@ -1,6 +1,8 @@
 //! `serve` as a process: auth must be chosen explicitly; it serves, and SIGTERM stops it
 //! cleanly.
 
+mod bin_support;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -120,48 +122,11 @@ fn serves_and_stops_on_sigterm() {
 
 /// Starts `serve` and returns it with its address (read from its log on stderr).
 fn spawn_server(args: &[&str], store: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--store"])
         .arg(store)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no serving line");
-        if let Some((_, rest)) = line.split_once("addr=") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, addr)
-}
-
-/// A plain HTTP/1.1 GET: the status and the body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+        .args(args);
+    bin_support::start_serve(cmd)
 }
 
 /// `kill -9` right after a build starts: no partial delta is visible under the delta's
@@ -210,7 +175,7 @@ async fn a_killed_build_leaves_no_partial_delta_and_is_taken_over() {
     let query = format!("/api/v3/delta?src={}&dest={}", refs[0], refs[1]);
 
     let (mut first, addr) = spawn_server(&args, &store);
-    let (status, body) = http_get(&addr, &query);
+    let (status, body) = bin_support::http_get(&addr, &query, None);
     assert_eq!(status, 504, "{body}");
     first.kill().unwrap();
     first.wait().unwrap();
@@ -245,7 +210,7 @@ async fn a_killed_build_leaves_no_partial_delta_and_is_taken_over() {
     let (mut second, addr) = spawn_server(&args, &store);
     let mut answer = (504, String::new());
     for _ in 0..300 {
-        answer = http_get(&addr, &query);
+        answer = bin_support::http_get(&addr, &query, None);
         if answer.0 != 504 {
             break;
         }

@@ -31,3 +31,59 @@ pub fn json(run: &Run) -> Value {
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
 }
+
+/// Starts a prepared `serve` command (stderr piped here, stdout discarded, no `RUST_LOG`)
+/// and returns it with the address it serves on, read from its log. The log keeps being
+/// drained so the server never blocks on a full pipe.
+pub fn start_serve(mut cmd: Command) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    let mut log = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read the log") > 0,
+            "no serving line: {log}"
+        );
+        log.push_str(&line);
+        if let Some((_, rest)) = line.split_once("addr=") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, addr)
+}
+
+/// A plain HTTP/1.1 GET with an optional `Authorization` header: the status and the body.
+pub fn http_get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read the answer");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
