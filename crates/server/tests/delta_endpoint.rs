@@ -539,7 +539,15 @@ async fn a_failed_build_is_422_and_remembered() {
     let (status, _) = ask(addr, &ids[0], &ids[1], None).await;
     assert_eq!(status, 422);
     assert_eq!(server.backend().builder().builds_started(), 1);
-    let (_, metrics) = get_text(addr, "/metrics").await;
+    // The build's finish hook runs just after its row is recorded: allow it that moment.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = get_text(addr, "/metrics").await.1;
+        if metrics.contains("bru_delta_builds_failed_total 1\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         metrics.contains("bru_delta_builds_failed_total 1\n"),
         "{metrics}"
