@@ -72,12 +72,17 @@ async fn backend(
 }
 
 async fn release_pair(backend: &Embedded, v1: &str, v2: &str) -> (u64, u64) {
+    releases(backend, v1, v2, ("c0ffee01", "c0ffee02")).await
+}
+
+/// Records releases `commits` of v1 and v2 and returns their image ids.
+async fn releases(backend: &Embedded, v1: &str, v2: &str, commits: (&str, &str)) -> (u64, u64) {
     let r1 = backend
-        .add_release("fleet", "c0ffee01", &[("main".into(), v1.into())])
+        .add_release("fleet", commits.0, &[("main".into(), v1.into())])
         .await
         .unwrap();
     let r2 = backend
-        .add_release("fleet", "c0ffee02", &[("main".into(), v2.into())])
+        .add_release("fleet", commits.1, &[("main".into(), v2.into())])
         .await
         .unwrap();
     (r1.images[0].id, r2.images[0].id)
@@ -357,17 +362,7 @@ async fn builds_of_dead_or_departed_processes_are_taken_over_at_once() {
 
     // A row of a live process (this one) is left to it: no build starts.
     let (v5, v6) = support::rebuilt_binary(&tmp.path().join("images3"));
-    let (s3, d3) = {
-        let r1 = other
-            .add_release("fleet", "c0ffee05", &[("main".into(), v5)])
-            .await
-            .unwrap();
-        let r2 = other
-            .add_release("fleet", "c0ffee06", &[("main".into(), v6)])
-            .await
-            .unwrap();
-        (r1.images[0].id, r2.images[0].id)
-    };
+    let (s3, d3) = releases(&other, &v5, &v6, ("c0ffee05", "c0ffee06")).await;
     let alive = format!(
         "embedded-{host}-{}",
         bru_core::process::ProcessStamp::current()
@@ -384,17 +379,7 @@ async fn builds_of_dead_or_departed_processes_are_taken_over_at_once() {
     // A process that gives its builds up before it ends: the next one builds at once.
     let (v3, v4) = support::two_images(&tmp.path().join("images2"));
     let leaving = open("leaving").await;
-    let (s2, d2) = {
-        let r1 = leaving
-            .add_release("fleet", "c0ffee03", &[("main".into(), v3)])
-            .await
-            .unwrap();
-        let r2 = leaving
-            .add_release("fleet", "c0ffee04", &[("main".into(), v4)])
-            .await
-            .unwrap();
-        (r1.images[0].id, r2.images[0].id)
-    };
+    let (s2, d2) = releases(&leaving, &v3, &v4, ("c0ffee03", "c0ffee04")).await;
     let claim = store
         .claim_delta(s2, d2, DELTA_VERSION, "leaving", &ClaimPolicy::default())
         .await
