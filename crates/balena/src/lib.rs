@@ -30,7 +30,7 @@ mod error;
 pub mod pine;
 mod settings;
 mod token;
-mod wire;
+pub mod wire;
 
 pub use client::{BalenaClient, ClientConfig};
 pub use error::SettingsError;

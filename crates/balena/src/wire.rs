@@ -1,65 +1,149 @@
-//! Pine v7 response shapes, deserialised leniently (unknown fields ignored).
+//! Pine v7 response shapes of the release-update queries: deserialised leniently by the
+//! client (unknown fields ignored, sizes as numbers or strings) and serialised by the delta
+//! server's read API (`bru-server`), so both speak one definition of the shapes.
 #![allow(non_snake_case)]
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use bru_core::{Delta, Image, Release, ServiceImage};
 
 /// A non-expanded navigation: `{"__id": 1234}`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct NavId {
-    __id: u64,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NavId {
+    /// The id of the resource navigated to.
+    pub __id: u64,
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct WireRelease {
-    id: u64,
-    commit: String,
-    belongs_to__application: NavId,
+/// A release with its images expanded as balena-sdk's `getWithImageDetails` asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRelease {
+    /// Release id.
+    pub id: u64,
+    /// Full commit hash.
+    pub commit: String,
+    /// Always `success` in what the release-update queries select (the filter asks for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The fleet.
+    pub belongs_to__application: NavId,
+    /// The images of the release, one per service.
     #[serde(default)]
-    release_image: Vec<WireReleaseImage>,
+    pub release_image: Vec<WireReleaseImage>,
+    /// The expanded creator (balenaCloud); an empty list where nobody is recorded. Absent
+    /// on openBalena, whose release has no such navigation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_created_by__user: Option<Vec<serde_json::Value>>,
 }
 
-#[derive(Debug, Deserialize)]
-struct WireReleaseImage {
-    image: Vec<WireImageRef>,
+/// One `release_image` entry: the expanded image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireReleaseImage {
+    /// The image (a one-element list, as pine expands).
+    pub image: Vec<WireImageRef>,
 }
 
-#[derive(Debug, Deserialize)]
-struct WireImageRef {
-    id: u64,
-    is_a_build_of__service: Vec<WireService>,
+/// An image as expanded in a release: its id and service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireImageRef {
+    /// Image id.
+    pub id: u64,
+    /// The service (a one-element list).
+    pub is_a_build_of__service: Vec<WireService>,
 }
 
-#[derive(Debug, Deserialize)]
-struct WireService {
-    service_name: String,
+/// A service as expanded in an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireService {
+    /// Service name.
+    pub service_name: String,
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct WireImage {
-    id: u64,
-    is_stored_at__image_location: String,
+/// An image as the release-update query selects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireImage {
+    /// Image id.
+    pub id: u64,
+    /// Registry location.
+    pub is_stored_at__image_location: String,
+    /// Manifest digest, when known.
     #[serde(default)]
-    content_hash: Option<String>,
+    pub content_hash: Option<String>,
+    /// Bytes of a full pull (a number here; openBalena sends a string, accepted).
     #[serde(default, deserialize_with = "big_integer")]
-    image_size: u64,
+    pub image_size: u64,
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct WireDelta {
-    id: u64,
-    status: bru_core::DeltaStatus,
-    version: u32,
+/// A delta row as the release-update query selects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireDelta {
+    /// Delta id.
+    pub id: u64,
+    /// Build status.
+    pub status: bru_core::DeltaStatus,
+    /// Delta format version.
+    pub version: u32,
+    /// Where the delta image is, once built.
     #[serde(default)]
-    is_stored_at__location: Option<String>,
+    pub is_stored_at__location: Option<String>,
+    /// Bytes a device downloads (a number here; a string is accepted).
     #[serde(default, deserialize_with = "big_integer")]
-    size: u64,
+    pub size: u64,
+}
+
+impl From<&Release> for WireRelease {
+    /// The shape a balenaCloud-like API sends for a successful release without a recorded
+    /// creator.
+    fn from(r: &Release) -> WireRelease {
+        WireRelease {
+            id: r.id,
+            commit: r.commit.clone(),
+            status: Some("success".to_string()),
+            belongs_to__application: NavId {
+                __id: r.application_id,
+            },
+            release_image: r
+                .images
+                .iter()
+                .map(|i| WireReleaseImage {
+                    image: vec![WireImageRef {
+                        id: i.image_id,
+                        is_a_build_of__service: vec![WireService {
+                            service_name: i.service_name.clone(),
+                        }],
+                    }],
+                })
+                .collect(),
+            is_created_by__user: Some(Vec::new()),
+        }
+    }
+}
+
+impl From<&Image> for WireImage {
+    fn from(i: &Image) -> WireImage {
+        WireImage {
+            id: i.id,
+            is_stored_at__image_location: i.location.clone(),
+            content_hash: i.content_hash.clone(),
+            image_size: i.size,
+        }
+    }
+}
+
+impl From<&Delta> for WireDelta {
+    fn from(d: &Delta) -> WireDelta {
+        WireDelta {
+            id: d.id,
+            status: d.status,
+            version: d.version,
+            is_stored_at__location: d.location.clone(),
+            size: d.size,
+        }
+    }
 }
 
 impl WireRelease {
     /// The domain release; `Err(reason)` if an expanded image or service is missing.
-    pub(crate) fn into_release(self) -> Result<Release, String> {
+    pub fn into_release(self) -> Result<Release, String> {
         let id = self.id;
         let images = self
             .release_image
@@ -129,6 +213,57 @@ fn big_integer<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_server_sends_the_client_reads_back() {
+        let release = Release {
+            id: 7,
+            commit: "84d3d8f0aa".into(),
+            application_id: 3,
+            images: vec![ServiceImage {
+                service_name: "main".into(),
+                image_id: 11,
+            }],
+        };
+        let json = serde_json::to_value(WireRelease::from(&release)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id": 7, "commit": "84d3d8f0aa", "status": "success",
+                "belongs_to__application": {"__id": 3},
+                "release_image": [{"image": [{"id": 11,
+                    "is_a_build_of__service": [{"service_name": "main"}]}]}],
+                "is_created_by__user": []})
+        );
+        let back: WireRelease = serde_json::from_value(json).unwrap();
+        assert_eq!(back.into_release().unwrap(), release);
+
+        let image = Image {
+            id: 11,
+            location: "reg/app@sha256:00".into(),
+            content_hash: Some("sha256:00".into()),
+            size: 1234,
+        };
+        let json = serde_json::to_value(WireImage::from(&image)).unwrap();
+        assert_eq!(json["image_size"], 1234);
+        assert_eq!(
+            Image::from(serde_json::from_value::<WireImage>(json).unwrap()),
+            image
+        );
+
+        let delta = Delta {
+            id: 5,
+            status: bru_core::DeltaStatus::Success,
+            version: 3,
+            location: Some("reg/app:delta-1".into()),
+            size: 99,
+        };
+        let json = serde_json::to_value(WireDelta::from(&delta)).unwrap();
+        assert_eq!(json["status"], "success");
+        assert_eq!(
+            Delta::from(serde_json::from_value::<WireDelta>(json).unwrap()),
+            delta
+        );
+    }
 
     #[test]
     fn sizes_are_numbers_strings_or_null() {

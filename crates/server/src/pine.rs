@@ -1,7 +1,9 @@
 //! The read-only subset of balena's pine API (`/v7/release`, `/v7/image`, `/v7/delta`)
 //! that the release-update clients issue, over the store. Only the query shapes those
-//! clients send are understood; anything else is 400.
+//! clients send are understood; anything else is 400. The rows are the client's own wire
+//! types (`bru_balena::wire`), so the shapes are defined once.
 
+use bru_balena::wire::{WireDelta, WireImage, WireRelease};
 use bru_core::ReleaseSource as _;
 use serde_json::{json, Value};
 
@@ -41,10 +43,7 @@ pub(crate) async fn answer(
             .image(id)
             .await
             .map_err(fail)?
-            .map(|i| {
-                json!({"id": i.id, "is_stored_at__image_location": i.location,
-                       "content_hash": i.content_hash, "image_size": i.size})
-            })
+            .map(|i| to_value(WireImage::from(&i)))
             .into_iter()
             .collect(),
         ("delta", None) => {
@@ -63,10 +62,7 @@ pub(crate) async fn answer(
             let found = backend.latest_delta(src, dest).await.map_err(fail)?;
             found
                 .filter(|d| u64::from(d.version) == version)
-                .map(|d| {
-                    json!({"id": d.id, "status": d.status, "version": d.version,
-                           "is_stored_at__location": d.location, "size": d.size})
-                })
+                .map(|d| to_value(WireDelta::from(&d)))
                 .into_iter()
                 .collect()
         }
@@ -98,17 +94,12 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 }
 
 fn release(r: bru_core::Release) -> Value {
-    let images: Vec<Value> = r
-        .images
-        .iter()
-        .map(|i| {
-            json!({"image": [{"id": i.image_id,
-                              "is_a_build_of__service": [{"service_name": i.service_name}]}]})
-        })
-        .collect();
-    json!({"id": r.id, "commit": r.commit, "status": "success",
-           "belongs_to__application": {"__id": r.application_id},
-           "release_image": images, "is_created_by__user": []})
+    to_value(WireRelease::from(&r))
+}
+
+/// A wire shape as JSON (the shapes are plain data: serialising cannot fail).
+fn to_value(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
