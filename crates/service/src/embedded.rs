@@ -421,6 +421,10 @@ impl Embedded {
                         .delay(failures, None)
                         .unwrap_or(backoff.max_delay);
                     tracing::warn!(delta = row.id, error = %chain(&e), ?delay, "build interrupted; will build again");
+                    // Pairs nobody asked for again within a longest back-off after theirs
+                    // ended are forgotten, so the map holds only pairs still in play.
+                    let now = Instant::now();
+                    interrupted.retain(|_, i| i.until + backoff.max_delay > now);
                     interrupted.insert(
                         key,
                         Interrupted {
