@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use bru_oci::{Descriptor, Digest, ImageSink, ImageSource, PulledImage};
@@ -13,12 +14,13 @@ use serde::Serialize;
 use crate::chain::common_prefix;
 use crate::config::delta_config;
 use crate::error::{blocking, DeltaError, Role};
+use crate::fanout::{self, ChannelReader, FanOut};
 use crate::fetch::{fetch_layer, two_images};
 use crate::hashio::{write_on_thread, HashWriter};
-use crate::layer::{write_delta_tar, EMPTY_TAR, EMPTY_TAR_DIFF_ID};
+use crate::layer::{EMPTY_TAR, EMPTY_TAR_DIFF_ID};
 use crate::manifest::{manifest_bytes, Format};
 use crate::progress::{Event, Progress, Step};
-use crate::{engine, publish, workdir};
+use crate::{engine, gzlayer, publish, workdir};
 
 /// Options of [`create`].
 #[derive(Debug, Clone)]
@@ -355,9 +357,12 @@ async fn fetch_all(
 /// Encodes every changed target layer against the basis, self-checks it and
 /// writes its compressed delta layer blob.
 ///
-/// Each layer's self-check and gzip run on two threads of their own, while
-/// the next layer is encoded: gzip (single-threaded, so that its bytes do not
-/// depend on any thread count) overlaps the other work instead of following it.
+/// While a layer is encoded its delta bytes stream to two threads: one
+/// compresses them (see [`gzlayer`]: gzip no longer waits for the delta's
+/// length) and one applies them to the basis and hashes the result. The
+/// compressor is single-threaded, so that the blob's bytes do not depend on
+/// any thread count; both overlap the matching instead of following it, and
+/// a layer's last steps overlap the next layer's encoding.
 fn encode_all(
     dir: &Path,
     basis_path: &Path,
@@ -387,30 +392,38 @@ fn encode_all(
                 total: Some(target.len() as u64),
             });
 
-            let delta_path = dir.join(format!("delta-{i}"));
-            let delta_file = File::create(&delta_path).map_err(DeltaError::io(&delta_path))?;
-            let stats = engine::encode(
-                &index,
-                &basis,
-                &basis_tar,
-                &target,
-                BufWriter::new(delta_file),
-            )
-            .map_err(DeltaError::io(&delta_path))?;
+            let paths = LayerPaths {
+                delta: dir.join(format!("delta-{i}")),
+                body: dir.join(format!("body-{i}")),
+                blob: dir.join(format!("layer-{i}.tar.gz")),
+            };
+            let delta_file = File::create(&paths.delta).map_err(DeltaError::io(&paths.delta))?;
+            let (deflate_tx, deflate_rx) = sync_channel(fanout::DEPTH);
+            let (check_tx, check_rx) = sync_channel(fanout::DEPTH);
+            let body_path = paths.body.clone();
+            let deflating = s.spawn(move || gzlayer::deflate_body(deflate_rx, level, &body_path));
+            let basis_file = &basis_file;
+            let checking = s.spawn(move || self_check(basis_file, check_rx, i, diff_id));
+            let encoded = {
+                let mut out = FanOut::new(delta_file, vec![deflate_tx, check_tx]);
+                engine::encode(&index, &basis, &basis_tar, &target, &mut out)
+                    .and_then(|stats| out.finish().map(|_| stats))
+            };
             drop(target);
             let _ = std::fs::remove_file(&target_path);
-            let basis_file = &basis_file;
             finishing.push(s.spawn(move || {
-                let r = finish_layer(
-                    dir,
-                    basis_file,
-                    i,
-                    &delta_path,
-                    diff_id,
-                    stats,
-                    format,
-                    level,
-                );
+                let streams = Streams {
+                    encoded,
+                    deflated: deflating.join().unwrap_or_else(|_| {
+                        Err(std::io::Error::other("layer compressor panicked"))
+                    }),
+                    checked: checking
+                        .join()
+                        .unwrap_or_else(|_| Err(DeltaError::Task("self-check panicked".into()))),
+                };
+                let r = finish_layer(i, streams, &paths, format, level);
+                let _ = std::fs::remove_file(&paths.delta);
+                let _ = std::fs::remove_file(&paths.body);
                 progress.event(Event::End { step });
                 r
             }));
@@ -425,55 +438,93 @@ fn encode_all(
     })
 }
 
-/// Self-checks the delta of layer `i` at `delta_path` (applied to the basis
-/// it must rebuild `diff_id`) while writing its compressed delta layer blob,
-/// on two threads; removes the delta file.
-#[allow(clippy::too_many_arguments)]
-fn finish_layer(
-    dir: &Path,
-    basis_file: &File,
+/// The work files of one delta layer.
+struct LayerPaths {
+    /// The raw delta stream.
+    delta: PathBuf,
+    /// Its compressed body (see [`gzlayer`]).
+    body: PathBuf,
+    /// The finished layer blob.
+    blob: PathBuf,
+}
+
+/// What the encoder and the two threads it fed produced for one layer.
+struct Streams {
+    encoded: std::io::Result<bru_rsync::DeltaStats>,
+    deflated: std::io::Result<gzlayer::Body>,
+    checked: Result<(), DeltaError>,
+}
+
+/// Applies the delta bytes received on `chunks` to the basis and checks the
+/// result has the target layer's DiffID.
+fn self_check(
+    basis: &File,
+    chunks: std::sync::mpsc::Receiver<Arc<[u8]>>,
     i: usize,
-    delta_path: &Path,
     diff_id: Digest,
-    stats: bru_rsync::DeltaStats,
+) -> Result<(), DeltaError> {
+    let mut delta = BufReader::with_capacity(1 << 16, ChannelReader::new(chunks));
+    let mut check = HashWriter::new(std::io::sink());
+    let patched = bru_rsync::patch(basis, &mut delta, &mut check);
+    // Whatever follows the END command (nothing, from our encoder) is read
+    // and dropped, so that the encoder is not stopped by a closed channel.
+    delta.into_inner().drain();
+    patched.map_err(|source| DeltaError::Patch { index: i, source })?;
+    let (_, rebuilt, _) = check.finish();
+    if rebuilt != diff_id {
+        return Err(DeltaError::RebuiltMismatch {
+            index: i,
+            expected: diff_id,
+            actual: rebuilt,
+        });
+    }
+    Ok(())
+}
+
+/// Writes layer `i`'s blob once its delta is encoded, compressed and checked.
+/// The first real failure wins: a consumer's error over the broken pipe it
+/// caused the encoder, the encoder's own error over the truncated stream it
+/// left the consumers.
+fn finish_layer(
+    i: usize,
+    streams: Streams,
+    paths: &LayerPaths,
     format: Format,
     level: u32,
 ) -> Result<LayerBlob, DeltaError> {
-    let delta_len = std::fs::metadata(delta_path)
-        .map_err(DeltaError::io(delta_path))?
+    let Streams {
+        encoded,
+        deflated,
+        checked,
+    } = streams;
+    let stats = match encoded {
+        Ok(stats) => stats,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            deflated.map_err(DeltaError::io(&paths.body))?;
+            checked?;
+            return Err(DeltaError::io(&paths.delta)(e));
+        }
+        Err(e) => return Err(DeltaError::io(&paths.delta)(e)),
+    };
+    let body = deflated.map_err(DeltaError::io(&paths.body))?;
+    checked?;
+    let delta_len = std::fs::metadata(&paths.delta)
+        .map_err(DeltaError::io(&paths.delta))?
         .len();
-    let blob_path = dir.join(format!("layer-{i}.tar.gz"));
-    let (check, written) = std::thread::scope(|s| {
-        let check = s.spawn(|| -> Result<(), DeltaError> {
-            let delta_file = File::open(delta_path).map_err(DeltaError::io(delta_path))?;
-            let mut check = HashWriter::new(std::io::sink());
-            bru_rsync::patch(basis_file, BufReader::new(delta_file), &mut check)
-                .map_err(|source| DeltaError::Patch { index: i, source })?;
-            let (_, rebuilt, _) = check.finish();
-            if rebuilt != diff_id {
-                return Err(DeltaError::RebuiltMismatch {
-                    index: i,
-                    expected: diff_id,
-                    actual: rebuilt,
-                });
-            }
-            Ok(())
-        });
-        let written = File::open(delta_path)
-            .map_err(DeltaError::io(delta_path))
-            .and_then(|delta_file| {
-                write_layer(&blob_path, format, level, |w| {
-                    write_delta_tar(BufReader::new(delta_file), delta_len, w).map(|_| ())
-                })
-            });
-        let check = check
-            .join()
-            .unwrap_or_else(|_| Err(DeltaError::Task("self-check panicked".into())));
-        (check, written)
-    });
-    let _ = std::fs::remove_file(delta_path);
-    check?;
-    let (desc, tar_digest) = written?;
+    let blob = gzlayer::assemble(&paths.blob, level, body, &paths.delta)
+        .map_err(DeltaError::io(&paths.blob))?;
+    let media_type = if level == 0 {
+        format.tar_layer_type()
+    } else {
+        format.gzip_layer_type()
+    };
+    let desc = Descriptor {
+        media_type: media_type.to_owned(),
+        digest: blob.digest,
+        size: blob.size,
+        annotations: None,
+        platform: None,
+    };
     tracing::info!(
         layer = i,
         delta_bytes = delta_len,
@@ -481,7 +532,7 @@ fn finish_layer(
         "layer encoded"
     );
     Ok(LayerBlob {
-        path: blob_path,
+        path: paths.blob.clone(),
         info: LayerInfo {
             index: i,
             kind: LayerKind::Delta,
@@ -494,7 +545,7 @@ fn finish_layer(
             literal_commands: Some(stats.literal_ops),
         },
         desc,
-        diff_id: tar_digest,
+        diff_id: blob.diff_id,
     })
 }
 

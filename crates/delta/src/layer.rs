@@ -24,15 +24,7 @@ pub const DELTA_ENTRY: &str = "delta";
 /// Writes a tar with one `delta` entry holding `len` bytes read from `body`,
 /// followed by the standard end-of-archive blocks. Returns the tar's length.
 pub fn write_delta_tar<R: Read, W: Write>(mut body: R, len: u64, out: W) -> io::Result<u64> {
-    let mut header = tar::Header::new_ustar();
-    header.set_path(DELTA_ENTRY)?;
-    header.set_mode(0o600);
-    header.set_size(len);
-    header.set_mtime(0);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
+    let header = delta_header(len)?;
     let mut builder = tar::Builder::new(out);
     let mut counted = Counted {
         inner: (&mut body).take(len),
@@ -60,6 +52,28 @@ impl<R: Read> Read for Counted<R> {
         self.n += n as u64;
         Ok(n)
     }
+}
+
+/// The tar header of the `delta` entry of a body of `len` bytes.
+fn delta_header(len: u64) -> io::Result<tar::Header> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(DELTA_ENTRY)?;
+    header.set_mode(0o600);
+    header.set_size(len);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    Ok(header)
+}
+
+/// The two pieces of the tar [`write_delta_tar`] writes around a body of `len` bytes: the
+/// 512-byte header before it, and the padding plus end-of-archive blocks after it.
+pub(crate) fn delta_tar_frame(len: u64) -> io::Result<([u8; 512], Vec<u8>)> {
+    let header = *delta_header(len)?.as_bytes();
+    let tail = (delta_tar_len(len) - BLOCK - len) as usize;
+    Ok((header, vec![0; tail]))
 }
 
 /// Length of the tar [`write_delta_tar`] writes for a body of `len` bytes.
