@@ -23,10 +23,11 @@ use memmap2::{Mmap, UncheckedAdvice};
 /// Target bytes encoded per window.
 const WINDOW: usize = 8 << 20;
 
-/// Windows matched at once: their chunks share the matcher's threads, so
-/// that one slow chunk does not leave the other threads idle. Each window's
-/// delta is held in memory until it is written, in order.
-const WINDOWS_AT_ONCE: usize = 2;
+/// Target bytes matched ahead of the oldest window not yet written: a slow
+/// chunk does not leave the other threads idle, and each window's delta is
+/// written, in order, as soon as it is ready. Bounds the matched target
+/// pages (and window deltas) held in memory.
+const LOOKAHEAD: usize = 3 * WINDOW;
 
 /// Maps a work file read-only.
 #[allow(unsafe_code)]
@@ -125,18 +126,21 @@ pub(crate) fn encode(
         .step_by(WINDOW)
         .map(|start| start..(start + WINDOW).min(target.len()))
         .collect();
-    for group in windows.chunks(WINDOWS_AT_ONCE) {
-        let window_hints: Vec<Vec<Hint>> = group
-            .iter()
-            .map(|w| rebase(&hints, w.start as u64..w.end as u64))
-            .collect();
-        let jobs: Vec<(&[u8], &[Hint])> = group
-            .iter()
-            .zip(&window_hints)
-            .map(|(w, h)| (&target[w.clone()], &h[..]))
-            .collect();
-        let deltas = bru_rsync::diff_many_with_layout(index, &jobs, &basis_tar.layout)?;
-        for (delta, stats) in deltas {
+    let window_hints: Vec<Vec<Hint>> = windows
+        .iter()
+        .map(|w| rebase(&hints, w.start as u64..w.end as u64))
+        .collect();
+    let jobs: Vec<(&[u8], &[Hint])> = windows
+        .iter()
+        .zip(&window_hints)
+        .map(|(w, h)| (&target[w.clone()], &h[..]))
+        .collect();
+    bru_rsync::diff_many_in_order(
+        index,
+        &jobs,
+        &basis_tar.layout,
+        LOOKAHEAD,
+        |window, delta, stats| {
             let mut body = Unframe::new(&mut out);
             body.write_all(&delta)?;
             body.finish()?;
@@ -145,12 +149,11 @@ pub(crate) fn encode(
             total.literal_ops += stats.literal_ops;
             total.literal_bytes += stats.literal_bytes;
             total.delta_bytes += stats.delta_bytes - FRAMING;
-        }
-        for w in group {
-            release(target, w.clone());
-        }
-        release(basis, 0..basis.len());
-    }
+            release(target, windows[window].clone());
+            release(basis, 0..basis.len());
+            Ok(())
+        },
+    )?;
     out.write_all(&[0])?;
     out.flush()?;
     Ok(total)

@@ -19,6 +19,7 @@ mod op;
 mod options;
 mod patch;
 mod refine;
+mod schedule;
 mod stitch;
 pub mod tar;
 
@@ -28,6 +29,7 @@ pub use device::{
 pub use encode::{DeltaStats, DeltaWriter};
 pub use format::{copy_cost, literal_header_cost, DELTA_MAGIC};
 pub use matcher::{
-    diff, diff_many_with_layout, diff_with_layout, BasisIndex, Hint, IndexBuilder, MatchOptions,
+    diff, diff_many_in_order, diff_many_with_layout, diff_with_layout, BasisIndex, Hint,
+    IndexBuilder, MatchOptions,
 };
 pub use patch::{patch, PatchError, ReadAt};

@@ -21,8 +21,7 @@
 
 use std::io::{self, Write};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::device::BasisLayout;
 use crate::encode::DeltaStats;
@@ -556,8 +555,17 @@ pub fn diff_with_layout<W: Write>(
     out: W,
 ) -> io::Result<DeltaStats> {
     let hints = normalize_hints(hints, index.basis.len(), target.len());
-    let results = match_chunks(index, &[(target, &hints[..])], layout)?;
-    let ops = results.into_iter().next().unwrap_or_default();
+    let mut ops = Vec::new();
+    match_chunks(
+        index,
+        &[(target, &hints[..])],
+        layout,
+        usize::MAX,
+        |_, _, chunk| {
+            ops.push(chunk);
+            Ok(())
+        },
+    )?;
     stitch(index.basis, target, hints.len(), ops, out)
 }
 
@@ -571,6 +579,26 @@ pub fn diff_many_with_layout(
     jobs: &[(&[u8], &[Hint])],
     layout: &BasisLayout,
 ) -> io::Result<Vec<(Vec<u8>, DeltaStats)>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    diff_many_in_order(index, jobs, layout, usize::MAX, |_, delta, stats| {
+        out.push((delta, stats));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`diff_many_with_layout`] with each job's stream handed to `emit(job, stream, stats)` on
+/// the calling thread, in job order, as soon as the job's chunks are matched, while the
+/// threads go on with later chunks: at most `lookahead_bytes` of target (rounded up to whole
+/// chunks) are matched ahead of the oldest job not yet emitted. The streams are the same as
+/// [`diff_many_with_layout`]'s. An error of `emit` stops the matching and is returned.
+pub fn diff_many_in_order(
+    index: &BasisIndex,
+    jobs: &[(&[u8], &[Hint])],
+    layout: &BasisLayout,
+    lookahead_bytes: usize,
+    mut emit: impl FnMut(usize, Vec<u8>, DeltaStats) -> io::Result<()>,
+) -> io::Result<()> {
     let hints: Vec<_> = jobs
         .iter()
         .map(|(t, h)| normalize_hints(h, index.basis.len(), t.len()))
@@ -580,78 +608,87 @@ pub fn diff_many_with_layout(
         .zip(&hints)
         .map(|((t, _), h)| (*t, &h[..]))
         .collect();
-    let results = match_chunks(index, &normalized, layout)?;
-    results
-        .into_iter()
-        .zip(&normalized)
-        .map(|(ops, (target, hints))| {
+    let mut chunks: Vec<Vec<Op>> = Vec::new();
+    match_chunks(
+        index,
+        &normalized,
+        layout,
+        lookahead_bytes,
+        |job, last, ops| {
+            chunks.push(ops);
+            if !last {
+                return Ok(());
+            }
+            let (target, hints) = normalized[job];
             let mut out = Vec::new();
-            let stats = stitch(index.basis, target, hints.len(), ops, &mut out)?;
-            Ok((out, stats))
-        })
-        .collect()
+            let stats = stitch(
+                index.basis,
+                target,
+                hints.len(),
+                std::mem::take(&mut chunks),
+                &mut out,
+            )?;
+            emit(job, out, stats)
+        },
+    )
 }
 
 /// Normalized hints of one job: `(target range, basis range)`.
 type NormalizedHints = [(Range<usize>, Range<usize>)];
 
-/// Matches and refines every chunk of every job on a pool of threads; returns each job's
-/// chunk results, in order.
+/// Matches and refines every chunk of every job on a pool of threads (see
+/// [`crate::schedule`]); calls `take(job, last chunk of the job?, ops)` for every chunk in
+/// order, on the calling thread. A job without bytes has one empty chunk.
 fn match_chunks(
     index: &BasisIndex,
     jobs: &[(&[u8], &NormalizedHints)],
     layout: &BasisLayout,
-) -> io::Result<Vec<Vec<Vec<Op>>>> {
+    lookahead_bytes: usize,
+    mut take: impl FnMut(usize, bool, Vec<Op>) -> io::Result<()>,
+) -> io::Result<()> {
     let chunk_size = index.opts.chunk_size.max(1 << 16);
-    // Work items in order: (job, chunk of the job).
-    let items: Vec<(usize, usize)> = jobs
+    // Work items in order: (job, chunk of the job, last chunk of the job?).
+    let items: Vec<(usize, usize, bool)> = jobs
         .iter()
         .enumerate()
         .flat_map(|(job, (target, _))| {
-            (0..target.len().div_ceil(chunk_size)).map(move |chunk| (job, chunk))
+            let chunks = target.len().div_ceil(chunk_size).max(1);
+            (0..chunks).map(move |chunk| (job, chunk, chunk + 1 == chunks))
         })
         .collect();
-    let results: Vec<Mutex<Vec<Op>>> = items.iter().map(|_| Mutex::new(Vec::new())).collect();
-    let next_item = AtomicUsize::new(0);
-    let threads = index.opts.thread_count().min(items.len()).max(1);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                let mut refiner = Refiner::new(&index.opts);
-                // The hint chains are kept while the job stays the same.
-                let mut current: Option<(usize, ChunkMatcher)> = None;
-                loop {
-                    let item = next_item.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(job, chunk)) = items.get(item) else {
-                        break;
-                    };
-                    let (target, hints) = jobs[job];
-                    let matcher = match &mut current {
-                        Some((matcher_job, matcher)) if *matcher_job == job => matcher,
-                        _ => {
-                            &mut current
-                                .insert((job, ChunkMatcher::new(index, target, hints)))
-                                .1
-                        }
-                    };
-                    let range = chunk * chunk_size..((chunk + 1) * chunk_size).min(target.len());
-                    let ops = matcher.run(range);
-                    let ops = refiner.refine(ops, target, layout);
-                    if let Ok(mut slot) = results[item].lock() {
-                        *slot = ops;
-                    }
+    let lookahead = lookahead_bytes.div_ceil(chunk_size);
+    crate::schedule::run_ordered(
+        items.len(),
+        index.opts.thread_count(),
+        lookahead,
+        || {
+            // The hint chains are kept while the job stays the same.
+            let current: Option<(usize, ChunkMatcher)> = None;
+            (Refiner::new(&index.opts), current)
+        },
+        |(refiner, current), item| {
+            let (job, chunk, _) = items[item];
+            let (target, hints) = jobs[job];
+            if target.is_empty() {
+                return Vec::new();
+            }
+            let matcher = match current {
+                Some((matcher_job, matcher)) if *matcher_job == job => matcher,
+                _ => {
+                    &mut current
+                        .insert((job, ChunkMatcher::new(index, target, hints)))
+                        .1
                 }
-            });
-        }
-    });
-    let mut per_job: Vec<Vec<Vec<Op>>> = jobs.iter().map(|_| Vec::new()).collect();
-    for (&(job, _), result) in items.iter().zip(results) {
-        let ops = result
-            .into_inner()
-            .map_err(|_| io::Error::other("matcher worker panicked"))?;
-        per_job[job].push(ops);
-    }
-    Ok(per_job)
+            };
+            let range = chunk * chunk_size..((chunk + 1) * chunk_size).min(target.len());
+            let ops = matcher.run(range);
+            refiner.refine(ops, target, layout)
+        },
+        |item, ops| {
+            let (job, _, last) = items[item];
+            take(job, last, ops)
+        },
+    )
 }
 
 /// Sorted, non-overlapping hints with in-bounds ranges, as `(target range, basis range)`.
@@ -1089,7 +1126,49 @@ mod tests {
                 assert!(*got == want);
                 assert_eq!(*stats, s);
             }
+            // In order, with a look-ahead of one chunk or of a few: the same streams.
+            for lookahead in [1, 3 << 16] {
+                let mut emitted = Vec::new();
+                diff_many_in_order(&index, &jobs, &layout, lookahead, |job, delta, stats| {
+                    emitted.push((job, delta, stats));
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(emitted.len(), jobs.len());
+                for (k, (job, delta, stats)) in emitted.into_iter().enumerate() {
+                    assert_eq!(job, k, "jobs out of order");
+                    assert!(delta == many[k].0, "job {k}: other bytes");
+                    assert_eq!(stats, many[k].1);
+                }
+            }
         }
+    }
+
+    #[test]
+    fn an_emit_error_stops_diff_many_in_order() {
+        let basis = noise(300_000, 2);
+        let target = noise(400_000, 3);
+        let opts = MatchOptions {
+            threads: 2,
+            chunk_size: 1 << 16,
+            ..MatchOptions::default()
+        };
+        let index = BasisIndex::new(&basis, opts);
+        let jobs: Vec<(&[u8], &[Hint])> = target.chunks(100_000).map(|t| (t, &[][..])).collect();
+        let mut calls = 0;
+        let err = diff_many_in_order(
+            &index,
+            &jobs,
+            &BasisLayout::default(),
+            1 << 16,
+            |_, _, _| {
+                calls += 1;
+                Err(io::Error::other("disk full"))
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        assert_eq!(calls, 1);
     }
 
     #[test]
