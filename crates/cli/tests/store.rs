@@ -262,18 +262,7 @@ fn fleet_bandwidth_is_set_cleared_and_bad_values_refused() {
 
 /// Runs the binary with `BRU_DATABASE_URL` set to `database` (`None`: unset).
 fn run_with_database_env(args: &[&str], database: Option<&str>) -> Run {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_balena-release-update"));
-    cmd.args(args).env_remove("RUST_LOG");
-    match database {
-        Some(url) => cmd.env("BRU_DATABASE_URL", url),
-        None => cmd.env_remove("BRU_DATABASE_URL"),
-    };
-    let out = cmd.output().expect("run the binary");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    bin_support::run_with_env(args, &[("BRU_DATABASE_URL", database)])
 }
 
 /// A release engineer asks about releases that `release add` recorded in PostgreSQL (where

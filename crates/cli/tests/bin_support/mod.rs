@@ -14,11 +14,20 @@ pub struct Run {
 
 /// Runs `balena-release-update ARGS` (without `RUST_LOG` from the environment).
 pub fn run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_balena-release-update"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the binary");
+    run_with_env(args, &[])
+}
+
+/// [`run`] with environment variables set (`Some`) or removed (`None`).
+pub fn run_with_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-release-update"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (name, value) in env {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd.output().expect("run the binary");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
