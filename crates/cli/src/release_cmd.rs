@@ -103,12 +103,8 @@ pub struct ListArgs {
     fleet: Option<String>,
 }
 
-/// Opens the embedded backend of a store directory.
-pub async fn open_store(dir: &Path, registry: RegistryOptions) -> anyhow::Result<Embedded> {
-    open_store_with(dir, registry, None).await
-}
-
-/// [`open_store`] with the records in `database` (`None`: in the store directory).
+/// Opens the embedded backend of a store directory, with the records in `database`
+/// (`None`: in the store directory).
 pub async fn open_store_with(
     dir: &Path,
     registry: RegistryOptions,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use bru_balena::{BalenaClient, Settings};
 use bru_core::{get_update_info, prepare_update, PrepareOptions, ReleaseRef, UpdateInfo};
+use bru_service::Database;
 use clap::Args;
 
 /// Exit code when waiting timed out.
@@ -44,6 +45,12 @@ pub struct UpdateArgs {
     /// DIR (see `release add`), deltas built in-process.
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
+
+    /// With --store: the records are in this database instead of DIR/state/store.sqlite:
+    /// postgres://USER:PASSWORD@HOST[:PORT]/DB (the one `serve` and `release` use) or
+    /// sqlite:PATH. With --store, also read from the environment variable BRU_DATABASE_URL.
+    #[arg(long, value_name = "URL")]
+    database: Option<Database>,
 
     /// With --store: how to reach the registries of the store's images.
     #[command(flatten)]
@@ -120,11 +127,22 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--insecure-registry and --platform need --store");
     }
+    if store.is_none() && args.database.is_some() {
+        bail!("--database needs --store");
+    }
     let registry = args.registry.options()?;
+    let database = match &args.database {
+        Some(database) => Some(database.clone()),
+        // Like `serve` and `release`, but only where it is used: without --store, a
+        // BRU_DATABASE_URL set for the server is none of this command's business.
+        None if store.is_some() => database_from_env()?,
+        None => None,
+    };
     let job = args.job()?;
     let result = match store {
         Some(dir) => {
-            let backend = crate::release_cmd::open_store(&dir, registry).await?;
+            let backend =
+                crate::release_cmd::open_store_with(&dir, registry, database.as_ref()).await?;
             let result = match &job.prepare {
                 None => get_update_info(&job.from, &job.to, &backend).await,
                 Some(options) => prepare_update(&job.from, &job.to, &backend, options).await,
@@ -167,6 +185,25 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_TIMEOUT))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The database named by BRU_DATABASE_URL, if it is set and not empty. Its value is never
+/// shown: it may carry a password.
+fn database_from_env() -> anyhow::Result<Option<Database>> {
+    let env = crate::serve_cmd::DATABASE_ENV;
+    match std::env::var_os(env) {
+        None => Ok(None),
+        Some(value) if value.is_empty() => Ok(None),
+        Some(value) => {
+            let value = value
+                .to_str()
+                .ok_or_else(|| anyhow::anyhow!("Invalid value for {env}: not UTF-8"))?;
+            let database = value
+                .parse()
+                .map_err(|e| anyhow::anyhow!("Invalid value for {env}: {e}"))?;
+            Ok(Some(database))
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Issue 10: several `serve` processes on one PostgreSQL database (`--database`) and the
 //! real registry. Concurrent devices over many image pairs get every delta built once and
 //! every request answered per protocol; `kill -9` of the instance building a delta lets
-//! another one complete it.
+//! another one complete it; PostgreSQL restarted while devices poll is ridden out with no
+//! lost or duplicated records.
 
 #![cfg(unix)]
 
@@ -20,6 +21,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_balena-release-update");
 struct Instance {
     child: Child,
     addr: String,
+}
+
+impl Instance {
+    /// Whether the process is still running.
+    fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for Instance {
@@ -195,4 +203,157 @@ async fn killing_the_building_instance_lets_another_complete_the_build() {
     );
     assert_eq!(rows.lines().count(), 1, "{rows}");
     assert_eq!(metric(&other.addr, "bru_delta_builds_started_total"), 1);
+}
+
+/// Asks `addr` once for `query` during or after a database outage, checking that the
+/// answer is one the protocol allows there: the delta (200, `ready` is its expected name
+/// once known), still building (504), or transient trouble (503 with `Retry-After`), never
+/// a 500 or a permanent failure. Returns the status, and the delta's name when it is ready.
+fn ask_through_outage(addr: &str, query: &str, ready: Option<&str>) -> (u16, Option<String>) {
+    let answer = bin_support::http_get_answer(addr, query, None);
+    let name = match answer.status {
+        200 => {
+            let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+            let name = body["name"].as_str().unwrap().to_string();
+            assert!(name.contains(":delta-"), "{name}");
+            if let Some(ready) = ready {
+                assert_eq!(name, ready, "{query}: another delta than before");
+            }
+            Some(name)
+        }
+        504 => None,
+        503 => {
+            let after = answer
+                .header("retry-after")
+                .unwrap_or_else(|| panic!("{query}: 503 without Retry-After: {}", answer.body));
+            assert!(after.parse::<u64>().is_ok_and(|s| s >= 1), "{after}");
+            None
+        }
+        other => panic!("{query} on {addr}: {other} {}", answer.body),
+    };
+    (answer.status, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_ride_out_a_postgres_restart_with_no_lost_or_duplicated_records() {
+    let registry = TestRegistry::shared();
+    // A private server: this test stops and starts it.
+    let mut pg = TestPostgres::start();
+    let database = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = push_images(&registry.addr, 6, 300_000, &tmp.path().join("images")).await;
+    let instances: Vec<Instance> = (0..3)
+        .map(|i| {
+            serve(
+                &database,
+                &tmp.path().join(format!("store-{i}")),
+                &registry.addr,
+                &["--poll-seconds", "1"],
+            )
+        })
+        .collect();
+    let queries: Vec<String> = refs[1..]
+        .iter()
+        .map(|dest| format!("/api/v3/delta?src={}&dest={dest}", refs[0]))
+        .collect();
+    let addrs: Vec<String> = instances.iter().map(|i| i.addr.clone()).collect();
+    let addr = |i: usize| addrs[i % addrs.len()].as_str();
+
+    // Before the outage: the first half of the pairs is built and fetched.
+    let before = &queries[..queries.len() / 2];
+    let mut names: Vec<Option<String>> = vec![None; queries.len()];
+    for (p, query) in before.iter().enumerate() {
+        let (status, body) = poll_delta(addr(p), query);
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        names[p] = Some(body["name"].as_str().unwrap().to_string());
+    }
+
+    // PostgreSQL goes away. Devices keep asking every instance for every pair, those
+    // already built and those never seen: transient answers only.
+    pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let mut unavailable = vec![0; queries.len()];
+    for round in 0..3 {
+        for (p, query) in queries.iter().enumerate() {
+            let (status, _) = ask_through_outage(addr(p + round), query, names[p].as_deref());
+            if status == 503 {
+                unavailable[p] += 1;
+            }
+        }
+    }
+    // A pair never recorded cannot be answered without the database: it is not claimed
+    // (no build starts) and every ask gets 503.
+    assert!(
+        unavailable[before.len()..].iter().all(|&n| n == 3),
+        "{unavailable:?}"
+    );
+    let mut instances = instances;
+    for i in &mut instances {
+        assert!(i.child_alive(), "an instance died in the outage");
+    }
+
+    // PostgreSQL is back: devices keep polling, round-robin, until every pair is ready.
+    pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .unwrap();
+    let mut round = 0;
+    while names.iter().any(Option::is_none) {
+        for (p, query) in queries.iter().enumerate() {
+            if let (_, Some(name)) = ask_through_outage(addr(p + round), query, names[p].as_deref())
+            {
+                names[p] = Some(name);
+            }
+        }
+        round += 1;
+        assert!(
+            round < 300,
+            "not every pair was ready after the restart: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every instance now answers every pair with the same delta.
+    for (p, query) in queries.iter().enumerate() {
+        for addr in &addrs {
+            let (status, body) = bin_support::http_get(addr, query, None);
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains(names[p].as_deref().unwrap()), "{body}");
+        }
+    }
+
+    // Built once per pair across the instances, nothing interrupted, and the records are
+    // whole: one successful delta row per pair and no other, each image recorded once.
+    let total = |name: &str| -> u64 { instances.iter().map(|i| metric(&i.addr, name)).sum() };
+    assert_eq!(
+        total("bru_delta_builds_started_total"),
+        queries.len() as u64
+    );
+    assert_eq!(
+        total("bru_delta_builds_succeeded_total"),
+        queries.len() as u64
+    );
+    assert_eq!(total("bru_delta_builds_interrupted_total"), 0);
+    let rows = pg
+        .psql(
+            &database,
+            "SELECT count(*) || ' ' || count(*) FILTER (WHERE status = 'success') || ' ' \
+             || count(DISTINCT (originates_from__image, produces__image)) FROM deltas",
+        )
+        .unwrap();
+    let n = queries.len();
+    assert_eq!(rows, format!("{n} {n} {n}"));
+    let images = pg
+        .psql(
+            &database,
+            "SELECT count(*) || ' ' || count(DISTINCT location) FROM images",
+        )
+        .unwrap();
+    assert_eq!(images, format!("{0} {0}", refs.len()));
 }

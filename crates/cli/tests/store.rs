@@ -1,9 +1,11 @@
 //! The embedded store through the binary: `release add|list`, and the main job with
-//! `--store` on a copy of the demo fleet (offline: report, then --wait builds the deltas).
+//! `--store` on a copy of the demo fleet (offline: report, then --wait builds the deltas),
+//! or on releases recorded in PostgreSQL (`--database`, or `BRU_DATABASE_URL`).
 
 use std::path::Path;
 
 use bru_oci::{tar_of, ImageSpec, OciDir};
+use bru_test_support::{noise, TestPostgres};
 use serde_json::Value;
 
 mod bin_support;
@@ -256,4 +258,154 @@ fn fleet_bandwidth_is_set_cleared_and_bad_values_refused() {
         "0.0000001",
     ]));
     assert!(e.contains("bad device bandwidth"), "{e}");
+}
+
+/// Runs the binary with `BRU_DATABASE_URL` set to `database` (`None`: unset).
+fn run_with_database_env(args: &[&str], database: Option<&str>) -> Run {
+    bin_support::run_with_env(args, &[("BRU_DATABASE_URL", database)])
+}
+
+/// A release engineer asks about releases that `release add` recorded in PostgreSQL (where
+/// the `serve` instances keep them), from a store directory of their own: the report comes
+/// from the database, `--wait` builds the delta and records it there, once.
+#[test]
+fn the_main_command_reads_and_prepares_releases_recorded_in_postgres() {
+    let pg = TestPostgres::shared();
+    let database = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("images");
+    let oci = OciDir::create(&layout).unwrap();
+    let app = noise(3, 200_000);
+    let mut changed = app.clone();
+    changed[1000..1016].copy_from_slice(b"release-two-here");
+    for (tag, bytes) in [("v1", &app), ("v2", &changed)] {
+        let spec = ImageSpec::new(vec![tar_of(&[("app/bin", bytes)])]);
+        oci.write_image(tag, &spec).unwrap();
+    }
+    // Recorded through one store directory, with the URL on the command line ...
+    let recorder = tmp.path().join("recorder");
+    let recorder = recorder.to_str().unwrap();
+    for (commit, tag) in [("aaaa1111", "v1"), ("bbbb2222", "v2")] {
+        let added = json(&run_with_database_env(
+            &[
+                "release",
+                "add",
+                "--store",
+                recorder,
+                "--database",
+                &database,
+                "--fleet",
+                "fleet",
+                "--commit",
+                commit,
+                "--service",
+                &format!("main=oci:{}:{tag}", layout.display()),
+            ],
+            None,
+        ));
+        assert_eq!(added["commit"], commit);
+    }
+
+    // ... and asked about from another one, with the URL from the environment.
+    let engineer = tmp.path().join("engineer");
+    let engineer = engineer.to_str().unwrap();
+    let base = [
+        "--store",
+        engineer,
+        "--from-release",
+        "aaaa1111",
+        "--to-release",
+        "bbbb2222",
+    ];
+    let report = json(&run_with_database_env(&base, Some(&database)));
+    assert_eq!(report["originates_from__release"]["commit"], "aaaa1111");
+    assert_eq!(report["produces__release"]["commit"], "bbbb2222");
+    assert_eq!(report["overall_status"], "pending");
+    // The flag does the same, and wins over the environment.
+    let with_flag = [&base[..], &["--database", &database]].concat();
+    let same = json(&run_with_database_env(
+        &with_flag,
+        Some("sqlite:/nonexistent/x"),
+    ));
+    assert_eq!(same, report);
+
+    let prepared = [&base[..], &["--wait", "--timeout", "300"]].concat();
+    let report = json(&run_with_database_env(&prepared, Some(&database)));
+    assert_eq!(report["overall_status"], "ready");
+    let delta = &service(&report, "main")["produces__image"]["is_produced_by__delta"];
+    let size = delta["size"].as_u64().unwrap();
+    assert!(size > 0 && size < 100_000, "{delta}");
+    assert_eq!(
+        pg.psql(
+            &database,
+            "SELECT count(*) || ' ' || count(*) FILTER (WHERE status = 'success') FROM deltas"
+        )
+        .unwrap(),
+        "1 1"
+    );
+    // A second run finds the delta in the database: ready at once, nothing built again.
+    let again = json(&run_with_database_env(&with_flag, None));
+    assert_eq!(again, report);
+    assert_eq!(
+        pg.psql(&database, "SELECT count(*) FROM deltas").unwrap(),
+        "1"
+    );
+
+    // Without the database the engineer's store directory has no such release: the report
+    // above came from PostgreSQL.
+    let e = error(&run_with_database_env(&base, None));
+    assert_eq!(e, "ERROR: Release not found: aaaa1111\n");
+}
+
+#[test]
+fn bad_database_values_are_refused_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let base = ["--from-release", "1", "--to-release", "2"];
+    let with_store = [&base[..], &["--store", store]].concat();
+
+    let e = error(&run_with_database_env(
+        &[&with_store[..], &["--database", "mysql://u:secret@db/x"]].concat(),
+        None,
+    ));
+    assert!(e.contains("--database"), "{e}");
+    assert!(e.contains("expected sqlite:PATH, postgres://"), "{e}");
+    // From the environment: named, and its value (which may hold a password) not shown.
+    let e = error(&run_with_database_env(
+        &with_store,
+        Some("mysql://u:secret@db/x"),
+    ));
+    assert!(
+        e.starts_with("ERROR: Invalid value for BRU_DATABASE_URL: expected"),
+        "{e}"
+    );
+    assert!(!e.contains("secret"), "{e}");
+    // The flag only means something with --store.
+    let e = error(&run_with_database_env(
+        &[&base[..], &["--database", "sqlite:/tmp/x.sqlite"]].concat(),
+        None,
+    ));
+    assert_eq!(e, "ERROR: --database needs --store\n");
+    // A well-formed URL where no PostgreSQL listens: an error that names it, password hidden.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = error(&run_with_database_env(
+        &[
+            &with_store[..],
+            &[
+                "--database",
+                &format!("postgres://bru:hunter2@127.0.0.1:{port}/bru"),
+            ],
+        ]
+        .concat(),
+        None,
+    ));
+    assert!(e.contains(&format!("bru:***@127.0.0.1:{port}")), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    // Nothing was written where the records would otherwise have gone.
+    assert!(!Path::new(store).join("state/store.sqlite").exists());
 }

@@ -14,11 +14,20 @@ pub struct Run {
 
 /// Runs `balena-release-update ARGS` (without `RUST_LOG` from the environment).
 pub fn run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_balena-release-update"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the binary");
+    run_with_env(args, &[])
+}
+
+/// [`run`] with environment variables set (`Some`) or removed (`None`).
+pub fn run_with_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-release-update"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (name, value) in env {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd.output().expect("run the binary");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -67,6 +76,29 @@ pub fn start_serve(mut cmd: Command) -> (std::process::Child, String) {
 
 /// A plain HTTP/1.1 GET with an optional `Authorization` header: the status and the body.
 pub fn http_get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    let answer = http_get_answer(addr, path, authorization);
+    (answer.status, answer.body)
+}
+
+/// What a server answered: the status, the header lines and the body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of the header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// [`http_get`], with the answer's headers.
+pub fn http_get_answer(addr: &str, path: &str, authorization: Option<&str>) -> Answer {
     use std::io::{Read as _, Write as _};
     let mut conn = std::net::TcpStream::connect(addr).expect("connect");
     let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
@@ -81,9 +113,16 @@ pub fn http_get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, St
         .get(9..12)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
 }
