@@ -2,8 +2,9 @@
 //!
 //! * A global index over the basis stores the positions of content-defined anchors: windows of
 //!   `window` bytes whose rolling hash has its top bits clear (about one position in
-//!   `anchor_spacing`). The table is a flat array of `u32` positions, filled by several threads
-//!   with `fetch_max`, so its contents do not depend on the thread count.
+//!   `anchor_spacing`). The table is a flat array of `u64` entries (position and check bits),
+//!   filled by several threads with `fetch_max`, so its contents do not depend on the thread
+//!   count.
 //! * For each target position without a match, candidates come from (1) the diagonals of the
 //!   last few COPYs (a changed field or a shifted instruction leaves the next bytes on the same
 //!   diagonal), (2) the hint's diagonal and, after a few literal bytes, a dense hash-chain index
@@ -14,6 +15,9 @@
 //!   smaller.
 //! * The target is cut into fixed-size chunks matched in parallel and stitched in order, so the
 //!   output is the same whatever the number of threads.
+//!
+//! `DESIGN.md` ("Reading the matcher's code") derives the hash, table and candidate arithmetic
+//! behind the names used here.
 
 use std::io::{self, Write};
 use std::ops::Range;
@@ -36,45 +40,52 @@ pub struct Hint {
     pub basis: Range<u64>,
 }
 
+/// Multiplier of the polynomial rolling hash (and of the hint index's short-window hash).
 const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Multiplier of the final mix that spreads the rolling hash over all 64 bits.
 const MIX: u64 = 0xD6E8_FEB8_6659_FD93;
 
-/// Polynomial rolling hash of a fixed-size window.
+/// Polynomial rolling hash of a fixed-size window: for bytes `b[0..w]`,
+/// `hash = Σ (b[i] + 1) · MUL^(w-1-i)` (mod 2^64), so sliding the window by one byte is one
+/// subtraction, one multiplication and one addition.
 #[derive(Debug, Clone, Copy)]
 struct Roll {
-    h: u64,
+    hash: u64,
     /// `MUL^(window-1)`, to remove the outgoing byte.
     out_factor: u64,
 }
 
 impl Roll {
     fn new(window: usize) -> Self {
-        let mut f = 1u64;
+        let mut out_factor = 1u64;
         for _ in 1..window {
-            f = f.wrapping_mul(MUL);
+            out_factor = out_factor.wrapping_mul(MUL);
         }
         Self {
-            h: 0,
-            out_factor: f,
+            hash: 0,
+            out_factor,
         }
     }
 
+    /// Hashes `bytes` from scratch (they must be one window long).
     fn reset(&mut self, bytes: &[u8]) {
-        self.h = bytes.iter().fold(0u64, |h, &b| {
-            h.wrapping_mul(MUL).wrapping_add(u64::from(b) + 1)
+        self.hash = bytes.iter().fold(0u64, |hash, &byte| {
+            hash.wrapping_mul(MUL).wrapping_add(u64::from(byte) + 1)
         });
     }
 
-    fn roll(&mut self, out: u8, inp: u8) {
-        self.h = self
-            .h
-            .wrapping_sub((u64::from(out) + 1).wrapping_mul(self.out_factor))
+    /// Slides the window one byte: `outgoing` leaves at the front, `incoming` enters at the end.
+    fn roll(&mut self, outgoing: u8, incoming: u8) {
+        self.hash = self
+            .hash
+            .wrapping_sub((u64::from(outgoing) + 1).wrapping_mul(self.out_factor))
             .wrapping_mul(MUL)
-            .wrapping_add(u64::from(inp) + 1);
+            .wrapping_add(u64::from(incoming) + 1);
     }
 
+    /// The hash, mixed so that its top bits (anchor test, table slot) depend on every byte.
     fn mixed(&self) -> u64 {
-        (self.h ^ (self.h >> 29)).wrapping_mul(MIX)
+        (self.hash ^ (self.hash >> 29)).wrapping_mul(MIX)
     }
 }
 
@@ -83,9 +94,13 @@ impl Roll {
 pub struct BasisIndex<'a> {
     basis: &'a [u8],
     opts: MatchOptions,
-    /// Slot = top `table_bits` of the mixed hash; value = position + 1 (0 = empty).
+    /// Slot = the `table_bits` of the mixed hash just below its anchor bits; value = an
+    /// [`entry`]: position + 1 and check bits (0 = empty).
     table: Vec<AtomicU64>,
+    /// log2 of the number of slots.
     table_bits: u32,
+    /// A window is an anchor when its mixed hash has this many top bits clear
+    /// (log2 of [`MatchOptions::anchor_spacing`]).
     anchor_bits: u32,
 }
 
@@ -145,20 +160,20 @@ impl<'a> BasisIndex<'a> {
     }
 
     fn build(&self, release: &(dyn Fn(Range<usize>) + Sync)) {
-        let w = self.opts.window;
-        let limit = self.basis.len().min(u32::MAX as usize - 1);
-        if limit < w || w == 0 {
+        let window = self.opts.window;
+        let indexed_len = self.basis.len().min(u32::MAX as usize - 1);
+        if indexed_len < window || window == 0 {
             return;
         }
-        let windows = limit - w + 1;
+        let window_starts = indexed_len - window + 1;
         let threads = self.opts.thread_count().max(1);
-        let part = windows.div_ceil(threads);
-        std::thread::scope(|s| {
-            for t in 0..threads {
-                let start = t * part;
-                let end = ((t + 1) * part).min(windows);
+        let starts_per_thread = window_starts.div_ceil(threads);
+        std::thread::scope(|scope| {
+            for thread in 0..threads {
+                let start = thread * starts_per_thread;
+                let end = ((thread + 1) * starts_per_thread).min(window_starts);
                 if start < end {
-                    s.spawn(move || self.build_range(start, end, release));
+                    scope.spawn(move || self.build_range(start, end, release));
                 }
             }
         });
@@ -167,30 +182,31 @@ impl<'a> BasisIndex<'a> {
     /// Inserts the anchors among window starts `start..end`, releasing finished ranges.
     fn build_range(&self, start: usize, end: usize, release: &(dyn Fn(Range<usize>) + Sync)) {
         const RELEASE_EVERY: usize = 8 << 20;
-        let w = self.opts.window;
-        let b = self.basis;
-        let mut roll = Roll::new(w);
-        roll.reset(&b[start..start + w]);
-        let mut i = start;
+        let window = self.opts.window;
+        let basis = self.basis;
+        let mut roll = Roll::new(window);
+        roll.reset(&basis[start..start + window]);
+        let mut window_start = start;
+        // Basis bytes before this are released.
         let mut released = start;
         let mut batch = AnchorBatch::default();
         loop {
-            if i - released >= RELEASE_EVERY {
-                release(released..i);
-                released = i;
+            if window_start - released >= RELEASE_EVERY {
+                release(released..window_start);
+                released = window_start;
             }
-            let m = roll.mixed();
-            if self.is_anchor(m) && batch.push(self.slot(m), entry(i, m)) {
+            let mixed = roll.mixed();
+            if self.is_anchor(mixed) && batch.push(self.slot(mixed), entry(window_start, mixed)) {
                 self.insert(&mut batch);
             }
-            i += 1;
-            if i >= end {
+            window_start += 1;
+            if window_start >= end {
                 break;
             }
-            roll.roll(b[i - 1], b[i + w - 1]);
+            roll.roll(basis[window_start - 1], basis[window_start + window - 1]);
         }
         self.insert(&mut batch);
-        release(released..(end + w - 1).min(b.len()));
+        release(released..(end + window - 1).min(basis.len()));
     }
 
     /// Inserts a batch of anchors. The table (32 MiB) is far larger than the
@@ -200,23 +216,25 @@ impl<'a> BasisIndex<'a> {
     /// (values only grow), the rest are `fetch_max`ed on lines now cached.
     /// The table ends up the same: the maximum entry per slot.
     fn insert(&self, batch: &mut AnchorBatch) {
-        let n = batch.len;
+        let count = batch.len;
         let mut current = [0u64; ANCHOR_BATCH];
-        for (c, &(slot, _)) in current.iter_mut().zip(&batch.items[..n]) {
-            *c = self.table[slot].load(Ordering::Relaxed);
+        for (value, &(slot, _)) in current.iter_mut().zip(&batch.items[..count]) {
+            *value = self.table[slot].load(Ordering::Relaxed);
         }
-        for (&c, &(slot, e)) in current.iter().zip(&batch.items[..n]) {
-            if e > c {
-                self.table[slot].fetch_max(e, Ordering::Relaxed);
+        for (&value, &(slot, entry)) in current.iter().zip(&batch.items[..count]) {
+            if entry > value {
+                self.table[slot].fetch_max(entry, Ordering::Relaxed);
             }
         }
         batch.len = 0;
     }
 
+    /// True when the window with this mixed hash is an anchor: its top `anchor_bits` are clear.
     fn is_anchor(&self, mixed: u64) -> bool {
         self.anchor_bits == 0 || mixed >> (64 - self.anchor_bits) == 0
     }
 
+    /// The table slot of a mixed hash.
     fn slot(&self, mixed: u64) -> usize {
         // Bits just below the anchor bits (which are all zero for an anchor).
         ((mixed << self.anchor_bits) >> (64 - self.table_bits)) as usize
@@ -228,22 +246,23 @@ impl<'a> BasisIndex<'a> {
     fn lookup(&self, mixed: u64) -> Option<usize> {
         match self.table[self.slot(mixed)].load(Ordering::Relaxed) {
             0 => None,
-            v if v as u32 == check(mixed) => Some((v >> 32) as usize - 1),
+            entry if entry as u32 == check(mixed) => Some((entry >> 32) as usize - 1),
             _ => None,
         }
     }
 }
 
-/// Slots of the global table and anchor bits for a basis of `len` bytes.
+/// Slots of the global table and anchor bits for a basis of `len` bytes: twice the expected
+/// number of anchors, rounded up to a power of two, at most `max_index_bytes` of 8-byte slots.
 fn table_size(len: usize, opts: &MatchOptions) -> (usize, u32) {
     let anchor_bits = opts
         .anchor_spacing
         .max(1)
         .next_power_of_two()
         .trailing_zeros();
-    let expected = (len >> anchor_bits).max(1);
+    let expected_anchors = (len >> anchor_bits).max(1);
     let max_slots = (opts.max_index_bytes / 8).max(1024);
-    let slots = (expected.saturating_mul(2))
+    let slots = (expected_anchors.saturating_mul(2))
         .next_power_of_two()
         .min(prev_power_of_two(max_slots));
     (slots, anchor_bits)
@@ -266,6 +285,7 @@ pub struct IndexBuilder {
     carry: Vec<u8>,
     /// Bytes seen so far.
     seen: usize,
+    /// Anchors found but not yet in the table.
     batch: AnchorBatch,
 }
 
@@ -292,42 +312,47 @@ impl IndexBuilder {
 
     /// Indexes the next bytes of the basis.
     pub fn feed(&mut self, bytes: &[u8]) {
-        let w = self.index.opts.window;
-        if w == 0 {
+        let window = self.index.opts.window;
+        if window == 0 {
             self.seen += bytes.len();
             return;
         }
-        // Stream position of buf[0].
-        let base = self.seen - self.carry.len();
+        // Basis position of buf[0].
+        let buf_start = self.seen - self.carry.len();
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(bytes);
         self.seen += bytes.len();
         // Window starts at or beyond 4 GiB - 1 - window are not indexed (as in `build`).
-        let max_start = (u32::MAX as usize - 1).checked_sub(w);
-        if let Some(last) = buf
+        let max_start = (u32::MAX as usize - 1).checked_sub(window);
+        // The last window start to index, relative to buf[0]: the last complete window, and
+        // none beyond `max_start`.
+        if let Some(last_start) = buf
             .len()
-            .checked_sub(w)
-            .zip(max_start.and_then(|m| m.checked_sub(base)))
-            .map(|(a, b)| a.min(b))
+            .checked_sub(window)
+            .zip(max_start.and_then(|max| max.checked_sub(buf_start)))
+            .map(|(last_complete, last_allowed)| last_complete.min(last_allowed))
         {
-            let mut roll = Roll::new(w);
-            roll.reset(&buf[..w]);
-            let mut j = 0;
+            let mut roll = Roll::new(window);
+            roll.reset(&buf[..window]);
+            let mut window_start = 0;
             loop {
-                let m = roll.mixed();
-                if self.index.is_anchor(m)
-                    && self.batch.push(self.index.slot(m), entry(base + j, m))
+                let mixed = roll.mixed();
+                if self.index.is_anchor(mixed)
+                    && self.batch.push(
+                        self.index.slot(mixed),
+                        entry(buf_start + window_start, mixed),
+                    )
                 {
                     self.index.insert(&mut self.batch);
                 }
-                if j == last {
+                if window_start == last_start {
                     break;
                 }
-                roll.roll(buf[j], buf[j + w]);
-                j += 1;
+                roll.roll(buf[window_start], buf[window_start + window]);
+                window_start += 1;
             }
         }
-        let keep = buf.len().min(w - 1);
+        let keep = buf.len().min(window - 1);
         buf.drain(..buf.len() - keep);
         self.carry = buf;
     }
@@ -365,6 +390,7 @@ const ANCHOR_BATCH: usize = 32;
 /// Anchors found but not yet inserted: `(slot, entry)`.
 #[derive(Debug)]
 struct AnchorBatch {
+    /// `(slot, entry)` pairs; the first `len` are valid.
     items: [(usize, u64); ANCHOR_BATCH],
     len: usize,
 }
@@ -407,25 +433,27 @@ fn prev_power_of_two(n: usize) -> usize {
     }
 }
 
-/// Number of equal leading bytes of `a` and `b`.
+/// Number of equal leading bytes of `a` and `b`, compared eight at a time.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut i = 0;
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
+    let mut equal = 0;
     for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
         let x = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
         let y = u64::from_le_bytes([y[0], y[1], y[2], y[3], y[4], y[5], y[6], y[7]]);
-        let d = x ^ y;
-        if d != 0 {
-            return i + (d.trailing_zeros() / 8) as usize;
+        let differing_bits = x ^ y;
+        if differing_bits != 0 {
+            // Little-endian: the lowest set bit is in the first differing byte.
+            return equal + (differing_bits.trailing_zeros() / 8) as usize;
         }
-        i += 8;
+        equal += 8;
     }
-    i + a[i..]
-        .iter()
-        .zip(&b[i..])
-        .take_while(|(x, y)| x == y)
-        .count()
+    equal
+        + a[equal..]
+            .iter()
+            .zip(&b[equal..])
+            .take_while(|(x, y)| x == y)
+            .count()
 }
 
 /// Number of equal trailing bytes of `a` and `b`.
@@ -438,52 +466,65 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// Dense hash-chain index of one hinted basis range (reused between hints of a worker).
+///
+/// Sample `k` is the window at basis position `basis_start + k · stride`; samples with the same
+/// short-window hash form a chain, newest first: `chain_head[bucket]` is the last sample of a
+/// bucket, `chain_next[k]` the sample before `k` in its bucket (`u32::MAX` ends a chain).
 #[derive(Debug, Default)]
 struct HintIndex {
     /// Which hint (index into the normalized list) the tables describe.
     hint: Option<usize>,
-    base: usize,
+    /// Basis position of the hinted range's first byte (sample 0).
+    basis_start: usize,
+    /// Distance between indexed window starts (1 unless the range has more than
+    /// [`MatchOptions::max_hint_positions`] windows).
     stride: usize,
-    bits: u32,
-    head: Vec<u32>,
-    prev: Vec<u32>,
+    /// log2 of the number of buckets.
+    bucket_bits: u32,
+    chain_head: Vec<u32>,
+    chain_next: Vec<u32>,
 }
 
-fn hash_short(bytes: &[u8], bits: u32) -> usize {
-    let mut v = [0u8; 8];
-    v[..bytes.len()].copy_from_slice(bytes);
-    (u64::from_le_bytes(v).wrapping_mul(MUL) >> (64 - bits)) as usize
+/// Bucket of a window of at most 8 bytes: the top `bucket_bits` of the bytes times [`MUL`].
+fn hash_short(bytes: &[u8], bucket_bits: u32) -> usize {
+    let mut word = [0u8; 8];
+    word[..bytes.len()].copy_from_slice(bytes);
+    (u64::from_le_bytes(word).wrapping_mul(MUL) >> (64 - bucket_bits)) as usize
 }
 
 impl HintIndex {
-    fn build(&mut self, id: usize, range: &[u8], base: usize, opts: &MatchOptions) {
-        let hw = opts.hint_window;
-        self.hint = Some(id);
-        self.base = base;
-        let windows = (range.len() + 1).saturating_sub(hw);
-        self.stride = windows.div_ceil(opts.max_hint_positions.max(1)).max(1);
-        let n = windows.div_ceil(self.stride);
-        self.bits = n.next_power_of_two().max(256).trailing_zeros();
-        self.head.clear();
-        self.head.resize(1 << self.bits, u32::MAX);
-        self.prev.clear();
-        self.prev.resize(n, u32::MAX);
-        for k in 0..n {
-            let pos = k * self.stride;
-            let h = hash_short(&range[pos..pos + hw], self.bits);
-            self.prev[k] = self.head[h];
-            self.head[h] = k as u32;
+    /// Indexes `range`, the basis bytes of hint `hint` starting at basis position `basis_start`.
+    fn build(&mut self, hint: usize, range: &[u8], basis_start: usize, opts: &MatchOptions) {
+        let hint_window = opts.hint_window;
+        self.hint = Some(hint);
+        self.basis_start = basis_start;
+        let window_starts = (range.len() + 1).saturating_sub(hint_window);
+        self.stride = window_starts
+            .div_ceil(opts.max_hint_positions.max(1))
+            .max(1);
+        let samples = window_starts.div_ceil(self.stride);
+        self.bucket_bits = samples.next_power_of_two().max(256).trailing_zeros();
+        self.chain_head.clear();
+        self.chain_head.resize(1 << self.bucket_bits, u32::MAX);
+        self.chain_next.clear();
+        self.chain_next.resize(samples, u32::MAX);
+        for sample in 0..samples {
+            let offset = sample * self.stride;
+            let bucket = hash_short(&range[offset..offset + hint_window], self.bucket_bits);
+            self.chain_next[sample] = self.chain_head[bucket];
+            self.chain_head[bucket] = sample as u32;
         }
     }
 
-    /// Calls `f` with candidate basis positions for the window `bytes`, most recent first.
-    fn candidates(&self, bytes: &[u8], max_chain: usize, mut f: impl FnMut(usize)) {
-        let mut k = self.head[hash_short(bytes, self.bits)];
-        let mut n = 0;
-        while k != u32::MAX && n < max_chain {
-            f(self.base + k as usize * self.stride);
-            k = self.prev[k as usize];
-            n += 1;
+    /// Calls `visit` with candidate basis positions for the window `bytes`, most recent first,
+    /// at most `max_chain` of them.
+    fn candidates(&self, bytes: &[u8], max_chain: usize, mut visit: impl FnMut(usize)) {
+        let mut sample = self.chain_head[hash_short(bytes, self.bucket_bits)];
+        let mut walked = 0;
+        while sample != u32::MAX && walked < max_chain {
+            visit(self.basis_start + sample as usize * self.stride);
+            sample = self.chain_next[sample as usize];
+            walked += 1;
         }
     }
 }
@@ -561,40 +602,42 @@ fn match_chunks(
     jobs: &[(&[u8], &NormalizedHints)],
     layout: &BasisLayout,
 ) -> io::Result<Vec<Vec<Vec<Op>>>> {
-    let chunk = index.opts.chunk_size.max(1 << 16);
+    let chunk_size = index.opts.chunk_size.max(1 << 16);
     // Work items in order: (job, chunk of the job).
     let items: Vec<(usize, usize)> = jobs
         .iter()
         .enumerate()
-        .flat_map(|(j, (t, _))| (0..t.len().div_ceil(chunk)).map(move |c| (j, c)))
+        .flat_map(|(job, (target, _))| {
+            (0..target.len().div_ceil(chunk_size)).map(move |chunk| (job, chunk))
+        })
         .collect();
     let results: Vec<Mutex<Vec<Op>>> = items.iter().map(|_| Mutex::new(Vec::new())).collect();
-    let next = AtomicUsize::new(0);
+    let next_item = AtomicUsize::new(0);
     let threads = index.opts.thread_count().min(items.len()).max(1);
-    std::thread::scope(|s| {
+    std::thread::scope(|scope| {
         for _ in 0..threads {
-            s.spawn(|| {
-                let mut refine = Refiner::new(&index.opts);
+            scope.spawn(|| {
+                let mut refiner = Refiner::new(&index.opts);
                 // The hint chains are kept while the job stays the same.
                 let mut current: Option<(usize, ChunkMatcher)> = None;
                 loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(j, c)) = items.get(k) else {
+                    let item = next_item.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(job, chunk)) = items.get(item) else {
                         break;
                     };
-                    let (target, hints) = jobs[j];
-                    let m = match &mut current {
-                        Some((cj, m)) if *cj == j => m,
+                    let (target, hints) = jobs[job];
+                    let matcher = match &mut current {
+                        Some((matcher_job, matcher)) if *matcher_job == job => matcher,
                         _ => {
                             &mut current
-                                .insert((j, ChunkMatcher::new(index, target, hints)))
+                                .insert((job, ChunkMatcher::new(index, target, hints)))
                                 .1
                         }
                     };
-                    let range = c * chunk..((c + 1) * chunk).min(target.len());
-                    let ops = m.run(range);
-                    let ops = refine.refine(ops, target, layout);
-                    if let Ok(mut slot) = results[k].lock() {
+                    let range = chunk * chunk_size..((chunk + 1) * chunk_size).min(target.len());
+                    let ops = matcher.run(range);
+                    let ops = refiner.refine(ops, target, layout);
+                    if let Ok(mut slot) = results[item].lock() {
                         *slot = ops;
                     }
                 }
@@ -602,11 +645,11 @@ fn match_chunks(
         }
     });
     let mut per_job: Vec<Vec<Vec<Op>>> = jobs.iter().map(|_| Vec::new()).collect();
-    for (&(j, _), r) in items.iter().zip(results) {
-        let ops = r
+    for (&(job, _), result) in items.iter().zip(results) {
+        let ops = result
             .into_inner()
             .map_err(|_| io::Error::other("matcher worker panicked"))?;
-        per_job[j].push(ops);
+        per_job[job].push(ops);
     }
     Ok(per_job)
 }
@@ -642,9 +685,10 @@ struct ChunkMatcher<'i, 'a> {
     index: &'i BasisIndex<'a>,
     target: &'i [u8],
     hints: &'i [(Range<usize>, Range<usize>)],
+    /// Hash chains of the hint last searched.
     hint_index: HintIndex,
     /// Diagonals (basis − target) of recent COPYs, most recent first.
-    reps: Vec<isize>,
+    recent_diagonals: Vec<isize>,
 }
 
 /// A verified candidate: COPY of `len` bytes from `basis`, starting at target `start`.
@@ -653,10 +697,13 @@ struct Found {
     start: usize,
     basis: usize,
     len: usize,
-    rep: bool,
+    /// Found on a recent COPY's or the hint's diagonal, so held to
+    /// [`MatchOptions::min_rep_copy`] instead of [`MatchOptions::min_copy`].
+    on_diagonal: bool,
 }
 
-const MAX_REPS: usize = 4;
+/// Recent diagonals kept (measured: 1, 2, 4, 8, 16).
+const MAX_RECENT_DIAGONALS: usize = 4;
 /// A candidate at least this long is taken without searching the hint's hash chains.
 const GOOD_ENOUGH: usize = 256;
 /// Pending literal bytes before a hint's hash chains are searched (measured: 0, 4, 8, 16).
@@ -678,168 +725,188 @@ impl<'i, 'a> ChunkMatcher<'i, 'a> {
             target,
             hints,
             hint_index: HintIndex::default(),
-            reps: Vec::with_capacity(MAX_REPS),
+            recent_diagonals: Vec::with_capacity(MAX_RECENT_DIAGONALS),
         }
     }
 
+    /// Matches the target bytes `range` (one chunk): the chunk's commands, in target order,
+    /// covering the range exactly.
     fn run(&mut self, range: Range<usize>) -> Vec<Op> {
         let opts = &self.index.opts;
-        let (t, hints) = (self.target, self.hints);
-        let (cs, ce) = (range.start, range.end);
-        let w = opts.window;
+        let (target, hints) = (self.target, self.hints);
+        let (chunk_start, chunk_end) = (range.start, range.end);
+        let window = opts.window;
         let min_len = opts.min_copy.min(opts.min_rep_copy).max(1);
-        self.reps.clear();
+        self.recent_diagonals.clear();
         let mut ops = Vec::new();
-        let mut lit = cs;
-        let mut p = cs;
-        let mut roll = Roll::new(w);
+        // Start of the pending literal: target bytes from here to `pos` have no COPY yet.
+        let mut literal_start = chunk_start;
+        // The target position searched for a match.
+        let mut pos = chunk_start;
+        // Rolling hash of the window at `pos`, when `roll_valid`.
+        let mut roll = Roll::new(window);
         let mut roll_valid = false;
-        let mut hi = hints.partition_point(|(ht, _)| ht.end <= cs);
-        while p + min_len <= ce {
-            while hi < hints.len() && hints[hi].0.end <= p {
-                hi += 1;
+        // The first hint that does not end at or before `pos`.
+        let mut hint = hints.partition_point(|(hint_target, _)| hint_target.end <= chunk_start);
+        while pos + min_len <= chunk_end {
+            while hint < hints.len() && hints[hint].0.end <= pos {
+                hint += 1;
             }
-            let mixed = if p + w <= t.len() {
+            let mixed = if pos + window <= target.len() {
                 if !roll_valid {
-                    roll.reset(&t[p..p + w]);
+                    roll.reset(&target[pos..pos + window]);
                     roll_valid = true;
                 }
                 Some(roll.mixed())
             } else {
                 None
             };
-            let mut found = self.search(p, lit, ce, hi, mixed);
+            let mut found = self.search(pos, literal_start, chunk_end, hint, mixed);
             // Lazy evaluation: a short match may hide a longer one starting a byte later.
-            if let Some(f) = found.filter(|f| f.len < LAZY_BELOW && p + 1 + min_len <= ce) {
-                let next_mixed = (roll_valid && p + w < t.len()).then(|| {
-                    let mut r = roll;
-                    r.roll(t[p], t[p + w]);
-                    r.mixed()
+            if let Some(here) =
+                found.filter(|here| here.len < LAZY_BELOW && pos + 1 + min_len <= chunk_end)
+            {
+                let next_mixed = (roll_valid && pos + window < target.len()).then(|| {
+                    let mut next_roll = roll;
+                    next_roll.roll(target[pos], target[pos + window]);
+                    next_roll.mixed()
                 });
-                let hi1 = if hints.get(hi).is_some_and(|(ht, _)| ht.end <= p + 1) {
-                    hi + 1
+                let next_hint = if hints
+                    .get(hint)
+                    .is_some_and(|(hint_target, _)| hint_target.end <= pos + 1)
+                {
+                    hint + 1
                 } else {
-                    hi
+                    hint
                 };
-                if let Some(g) = self.search(p + 1, lit, ce, hi1, next_mixed) {
-                    if g.start + g.len > f.start + f.len + LAZY_GAIN {
+                if let Some(later) =
+                    self.search(pos + 1, literal_start, chunk_end, next_hint, next_mixed)
+                {
+                    if later.start + later.len > here.start + here.len + LAZY_GAIN {
                         found = None;
                     }
                 }
             }
-            if let Some(f) = found {
-                if f.start > lit {
+            if let Some(copy) = found {
+                if copy.start > literal_start {
                     ops.push(Op {
-                        target: lit,
-                        len: f.start - lit,
+                        target: literal_start,
+                        len: copy.start - literal_start,
                         basis: None,
                     });
                 }
                 ops.push(Op {
-                    target: f.start,
-                    len: f.len,
-                    basis: Some(f.basis),
+                    target: copy.start,
+                    len: copy.len,
+                    basis: Some(copy.basis),
                 });
                 debug_assert_eq!(
-                    t[f.start..f.start + f.len],
-                    self.index.basis[f.basis..f.basis + f.len]
+                    target[copy.start..copy.start + copy.len],
+                    self.index.basis[copy.basis..copy.basis + copy.len]
                 );
-                let d = f.basis as isize - f.start as isize;
-                self.reps.retain(|&x| x != d);
-                self.reps.insert(0, d);
-                self.reps.truncate(MAX_REPS);
-                p = f.start + f.len;
-                lit = p;
+                let diagonal = copy.basis as isize - copy.start as isize;
+                self.recent_diagonals.retain(|&known| known != diagonal);
+                self.recent_diagonals.insert(0, diagonal);
+                self.recent_diagonals.truncate(MAX_RECENT_DIAGONALS);
+                pos = copy.start + copy.len;
+                literal_start = pos;
                 roll_valid = false;
             } else {
-                if roll_valid && p + w < t.len() {
-                    roll.roll(t[p], t[p + w]);
+                if roll_valid && pos + window < target.len() {
+                    roll.roll(target[pos], target[pos + window]);
                 } else {
                     roll_valid = false;
                 }
-                p += 1;
+                pos += 1;
             }
         }
-        if lit < ce {
+        if literal_start < chunk_end {
             ops.push(Op {
-                target: lit,
-                len: ce - lit,
+                target: literal_start,
+                len: chunk_end - literal_start,
                 basis: None,
             });
         }
         ops
     }
 
-    /// The best acceptable COPY covering target position `p` (extended backwards down to
-    /// `lit`, forwards up to `ce`), from the recent diagonals, the hint `hi` (if it covers `p`)
-    /// and the global index (`mixed` = rolling hash of the window at `p`).
+    /// The best acceptable COPY covering target position `pos` (extended backwards down to
+    /// `literal_start`, forwards up to `chunk_end`), from the recent diagonals, the hint `hint`
+    /// (if it covers `pos`) and the global index (`mixed` = rolling hash of the window at `pos`).
     fn search(
         &mut self,
-        p: usize,
-        lit: usize,
-        ce: usize,
-        hi: usize,
+        pos: usize,
+        literal_start: usize,
+        chunk_end: usize,
+        hint: usize,
         mixed: Option<u64>,
     ) -> Option<Found> {
         let opts = &self.index.opts;
-        let (t, b) = (self.target, self.index.basis);
-        let hw = opts.hint_window.clamp(1, 8);
-        let hint = self
+        let (target, basis) = (self.target, self.index.basis);
+        let hint_window = opts.hint_window.clamp(1, 8);
+        let covering_hint = self
             .hints
-            .get(hi)
-            .filter(|(ht, _)| ht.start <= p && p < ht.end);
+            .get(hint)
+            .filter(|(hint_target, _)| hint_target.start <= pos && pos < hint_target.end);
         let mut best: Option<Found> = None;
-        let consider = |q: usize, rep: bool, best: &mut Option<Found>| {
-            if q >= b.len() {
+        // Extends a candidate basis position: `pos` ↔ `basis_pos`.
+        let consider = |basis_pos: usize, on_diagonal: bool, best: &mut Option<Found>| {
+            if basis_pos >= basis.len() {
                 return;
             }
-            let fwd = common_prefix(&t[p..ce], &b[q..]);
-            if fwd == 0 {
+            let forward = common_prefix(&target[pos..chunk_end], &basis[basis_pos..]);
+            if forward == 0 {
                 return;
             }
-            let back = common_suffix(&t[lit..p], &b[..q]);
-            let len = fwd + back;
-            if best.is_none_or(|f| len > f.len) {
+            let backward = common_suffix(&target[literal_start..pos], &basis[..basis_pos]);
+            let len = forward + backward;
+            if best.is_none_or(|best| len > best.len) {
                 *best = Some(Found {
-                    start: p - back,
-                    basis: q - back,
+                    start: pos - backward,
+                    basis: basis_pos - backward,
                     len,
-                    rep,
+                    on_diagonal,
                 });
             }
         };
-        for &d in &self.reps {
-            if let Some(q) = p.checked_add_signed(d) {
-                consider(q, true, &mut best);
+        for &diagonal in &self.recent_diagonals {
+            if let Some(basis_pos) = pos.checked_add_signed(diagonal) {
+                consider(basis_pos, true, &mut best);
             }
         }
-        if let Some((ht, hb)) = hint {
+        if let Some((hint_target, hint_basis)) = covering_hint {
             // The hint's own diagonal: the old file at the same relative offset.
-            let q = hb.start + (p - ht.start);
-            if q < hb.end {
-                consider(q, true, &mut best);
+            let basis_pos = hint_basis.start + (pos - hint_target.start);
+            if basis_pos < hint_basis.end {
+                consider(basis_pos, true, &mut best);
             }
             // Chains only once the diagonals failed for a few bytes (backward extension
             // recovers them), so in-place edits never pay for building the hint's index.
-            let good = best.is_some_and(|f| f.len >= GOOD_ENOUGH);
-            if !good && p - lit >= CHAIN_DELAY && p + hw <= t.len() && hb.len() >= hw {
-                if self.hint_index.hint != Some(hi) {
-                    self.hint_index.build(hi, &b[hb.clone()], hb.start, opts);
+            let good_enough = best.is_some_and(|best| best.len >= GOOD_ENOUGH);
+            if !good_enough
+                && pos - literal_start >= CHAIN_DELAY
+                && pos + hint_window <= target.len()
+                && hint_basis.len() >= hint_window
+            {
+                if self.hint_index.hint != Some(hint) {
+                    self.hint_index
+                        .build(hint, &basis[hint_basis.clone()], hint_basis.start, opts);
                 }
-                self.hint_index
-                    .candidates(&t[p..p + hw], opts.max_chain, |q| {
-                        consider(q, false, &mut best)
-                    });
+                self.hint_index.candidates(
+                    &target[pos..pos + hint_window],
+                    opts.max_chain,
+                    |basis_pos| consider(basis_pos, false, &mut best),
+                );
             }
         }
-        if let Some(m) = mixed.filter(|&m| self.index.is_anchor(m)) {
-            if let Some(q) = self.index.lookup(m) {
-                consider(q, false, &mut best);
+        if let Some(anchor) = mixed.filter(|&mixed| self.index.is_anchor(mixed)) {
+            if let Some(basis_pos) = self.index.lookup(anchor) {
+                consider(basis_pos, false, &mut best);
             }
         }
-        best.filter(|f| {
-            f.len
-                >= if f.rep {
+        best.filter(|found| {
+            found.len
+                >= if found.on_diagonal {
                     opts.min_rep_copy
                 } else {
                     opts.min_copy

@@ -5,7 +5,10 @@
 /// carried as a literal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Op {
+    /// Target position of the first byte.
     pub(crate) target: usize,
+    /// Number of bytes.
     pub(crate) len: usize,
+    /// Basis position copied from; `None` for a literal (the target bytes themselves).
     pub(crate) basis: Option<usize>,
 }

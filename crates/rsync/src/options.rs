@@ -10,7 +10,8 @@ pub struct MatchOptions {
     pub window: usize,
     /// About one basis position in `anchor_spacing` is indexed (a power of two).
     pub anchor_spacing: usize,
-    /// Upper bound of the global table, in bytes (rounded down to a power of two of `u32` slots).
+    /// Upper bound of the global table, in bytes (rounded down to a power of two of 8-byte
+    /// slots).
     pub max_index_bytes: usize,
     /// Window of the dense per-hint index (4–8 bytes).
     pub hint_window: usize,

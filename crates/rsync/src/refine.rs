@@ -31,12 +31,16 @@ const MIN_COPIES: usize = 4;
 
 /// Per-worker state of the refinement pass.
 pub(crate) struct Refiner {
+    /// [`MatchOptions::refine`]: without it only the device trimming runs.
     enabled: bool,
     device: Option<DeviceCost>,
+    /// COPYs at least this long always stay and delimit regions.
     keep_len: usize,
+    /// Regions with fewer COPYs are left alone.
     min_copies: usize,
     /// COPYs shorter than each of these are demoted in one candidate.
     thresholds: Vec<usize>,
+    /// Reused deflater and buffers of [`Refiner::deflated`].
     deflate: Compress,
     encoded: Vec<u8>,
     compressed: Vec<u8>,
@@ -46,13 +50,13 @@ impl Refiner {
     pub(crate) fn new(opts: &MatchOptions) -> Self {
         let (keep_len, min_copies) = match &opts.device {
             None => (KEEP_LEN, MIN_COPIES),
-            Some(d) => {
-                let len = (d.min_copy_penalty() * KEEP_FACTOR).ceil() as usize;
+            Some(device) => {
+                let len = (device.min_copy_penalty() * KEEP_FACTOR).ceil() as usize;
                 (len.next_power_of_two().clamp(KEEP_LEN, MAX_KEEP_LEN), 1)
             }
         };
-        let thresholds = std::iter::successors(Some(16), |t| Some(t * 2))
-            .take_while(|&t| t < keep_len)
+        let thresholds = std::iter::successors(Some(16), |threshold| Some(threshold * 2))
+            .take_while(|&threshold| threshold < keep_len)
             .collect();
         Self {
             enabled: opts.refine,
@@ -66,9 +70,11 @@ impl Refiner {
         }
     }
 
+    /// The chunk's commands `ops` (of `target`), with dense short COPYs turned into literals
+    /// where that costs less (and, with a device, COPY ends trimmed).
     pub(crate) fn refine(&mut self, ops: Vec<Op>, target: &[u8], layout: &BasisLayout) -> Vec<Op> {
         let ops = match &self.device {
-            Some(d) => trim(ops, layout, d.open_penalty()),
+            Some(device) => trim(ops, layout, device.open_penalty()),
             None => ops,
         };
         if !self.enabled {
@@ -77,51 +83,54 @@ impl Refiner {
         let keep_len = self.keep_len;
         let keep = |op: &Op| op.basis.is_some() && op.len >= keep_len;
         let mut out = Vec::with_capacity(ops.len());
-        let mut i = 0;
-        while i < ops.len() {
-            if keep(&ops[i]) {
-                out.push(ops[i]);
-                i += 1;
+        // Index of the next command to look at.
+        let mut next = 0;
+        while next < ops.len() {
+            if keep(&ops[next]) {
+                out.push(ops[next]);
+                next += 1;
                 continue;
             }
-            let j = i;
-            let start = ops[j].target;
-            while i < ops.len() && !keep(&ops[i]) && ops[i].target - start < MAX_REGION {
-                i += 1;
+            // A region: the commands up to the next kept COPY, at most MAX_REGION target bytes.
+            let first = next;
+            let start = ops[first].target;
+            while next < ops.len() && !keep(&ops[next]) && ops[next].target - start < MAX_REGION {
+                next += 1;
             }
-            let region = &ops[j..i];
-            let copies = region.iter().filter(|o| o.basis.is_some()).count();
+            let region = &ops[first..next];
+            let copies = region.iter().filter(|op| op.basis.is_some()).count();
             if copies < self.min_copies {
                 out.extend_from_slice(region);
                 continue;
             }
-            let end = region.last().map_or(start, |o| o.target + o.len);
-            let mut cands: Vec<Vec<Op>> = vec![region.to_vec()];
-            let mut left = copies;
-            for &t in &self.thresholds {
-                let d = demote(region, t);
-                let n = d.iter().filter(|o| o.basis.is_some()).count();
+            let end = region.last().map_or(start, |op| op.target + op.len);
+            let mut candidates: Vec<Vec<Op>> = vec![region.to_vec()];
+            // COPYs in the last candidate added (or the region as found).
+            let mut fewest_copies = copies;
+            for &threshold in &self.thresholds {
+                let demoted = demote(region, threshold);
+                let demoted_copies = demoted.iter().filter(|op| op.basis.is_some()).count();
                 // Same COPY count: the same commands as the previous candidate.
-                if n < left && n > 0 {
-                    cands.push(d);
+                if demoted_copies < fewest_copies && demoted_copies > 0 {
+                    candidates.push(demoted);
                 }
-                left = left.min(n);
+                fewest_copies = fewest_copies.min(demoted_copies);
             }
-            cands.push(vec![Op {
+            candidates.push(vec![Op {
                 target: start,
                 len: end - start,
                 basis: None,
             }]);
             let mut best = 0;
             let mut best_cost = f64::INFINITY;
-            for (k, c) in cands.iter().enumerate() {
-                let cost = self.cost(c, target, layout);
+            for (candidate, ops) in candidates.iter().enumerate() {
+                let cost = self.cost(ops, target, layout);
                 if cost < best_cost {
-                    best = k;
+                    best = candidate;
                     best_cost = cost;
                 }
             }
-            out.extend_from_slice(&cands[best]);
+            out.extend_from_slice(&candidates[best]);
         }
         out
     }
@@ -129,15 +138,15 @@ impl Refiner {
     /// Deflated size of the commands plus, with a device, their apply cost in bytes.
     fn cost(&mut self, ops: &[Op], target: &[u8], layout: &BasisLayout) -> f64 {
         let bytes = self.deflated(ops, target) as f64;
-        let Some(d) = &self.device else {
+        let Some(device) = &self.device else {
             return bytes;
         };
         bytes
             + ops
                 .iter()
                 .map(|op| match op.basis {
-                    Some(b) => d.copy_penalty(layout, b as u64, op.len as u64),
-                    None => d.literal_penalty(op.len as u64),
+                    Some(basis) => device.copy_penalty(layout, basis as u64, op.len as u64),
+                    None => device.literal_penalty(op.len as u64),
                 })
                 .sum::<f64>()
     }
@@ -145,20 +154,20 @@ impl Refiner {
     /// Deflated size of the commands, encoded as in the delta stream.
     fn deflated(&mut self, ops: &[Op], target: &[u8]) -> usize {
         self.encoded.clear();
-        let mut w = match DeltaWriter::new(&mut self.encoded) {
-            Ok(w) => w,
+        let mut writer = match DeltaWriter::new(&mut self.encoded) {
+            Ok(writer) => writer,
             Err(_) => return usize::MAX,
         };
         for op in ops {
-            let r = match op.basis {
-                Some(b) => w.copy(b as u64, op.len as u64),
-                None => w.literal(&target[op.target..op.target + op.len]),
+            let written = match op.basis {
+                Some(basis) => writer.copy(basis as u64, op.len as u64),
+                None => writer.literal(&target[op.target..op.target + op.len]),
             };
-            if r.is_err() {
+            if written.is_err() {
                 return usize::MAX;
             }
         }
-        if w.finish().is_err() {
+        if writer.finish().is_err() {
             return usize::MAX;
         }
         self.deflate.reset();
@@ -199,6 +208,7 @@ fn trim(ops: Vec<Op>, layout: &BasisLayout, max_bytes: f64) -> Vec<Op> {
                 (target, basis, len) = (target + part, basis + part, len - part);
             }
         }
+        // Bytes at the COPY's end, in a body the rest of it does not reach.
         let mut tail = 0;
         if let Some(body) = layout.body_at((basis + len - 1) as u64) {
             let part = ((basis + len) as u64 - body.start) as usize;
@@ -238,16 +248,16 @@ fn push(out: &mut Vec<Op>, op: Op) {
 
 /// The region with COPYs shorter than `min` turned into literals (adjacent literals merged).
 fn demote(region: &[Op], min: usize) -> Vec<Op> {
-    let mut v: Vec<Op> = Vec::with_capacity(region.len());
+    let mut demoted: Vec<Op> = Vec::with_capacity(region.len());
     for op in region {
         let op = if op.basis.is_some() && op.len < min {
             Op { basis: None, ..*op }
         } else {
             *op
         };
-        push(&mut v, op);
+        push(&mut demoted, op);
     }
-    v
+    demoted
 }
 
 #[cfg(test)]

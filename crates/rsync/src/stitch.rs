@@ -15,7 +15,8 @@ pub(crate) fn stitch<W: Write>(
     results: Vec<Vec<Op>>,
     out: W,
 ) -> io::Result<DeltaStats> {
-    let mut w = DeltaWriter::new(out)?;
+    let mut writer = DeltaWriter::new(out)?;
+    // The literal not written yet, as (target start, length): adjacent literals are merged.
     let mut pending: Option<(usize, usize)> = None;
     // Basis end of the COPY just written: chunks are matched independently, so a
     // chunk may start with literal bytes that continue the previous chunk's last COPY.
@@ -28,12 +29,12 @@ pub(crate) fn stitch<W: Write>(
                     if let (None, Some(end)) = (pending, copy_end) {
                         let old = basis.get(end..).unwrap_or_default();
                         let new = &target[start..start + len];
-                        let k = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-                        if k > 0 {
-                            w.copy(end as u64, k as u64)?;
-                            copy_end = Some(end + k);
-                            start += k;
-                            len -= k;
+                        let continued = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+                        if continued > 0 {
+                            writer.copy(end as u64, continued as u64)?;
+                            copy_end = Some(end + continued);
+                            start += continued;
+                            len -= continued;
                         }
                     }
                     if len == 0 {
@@ -41,29 +42,34 @@ pub(crate) fn stitch<W: Write>(
                     }
                     copy_end = None;
                     match &mut pending {
-                        Some((s, l)) if *s + *l == start => *l += len,
+                        Some((pending_start, pending_len))
+                            if *pending_start + *pending_len == start =>
+                        {
+                            *pending_len += len
+                        }
                         _ => {
-                            if let Some((s, l)) = pending.take() {
-                                w.literal(&target[s..s + l])?;
+                            if let Some((pending_start, pending_len)) = pending.take() {
+                                writer
+                                    .literal(&target[pending_start..pending_start + pending_len])?;
                             }
                             pending = Some((start, len));
                         }
                     }
                 }
                 Some(basis) => {
-                    if let Some((s, l)) = pending.take() {
-                        w.literal(&target[s..s + l])?;
+                    if let Some((pending_start, pending_len)) = pending.take() {
+                        writer.literal(&target[pending_start..pending_start + pending_len])?;
                     }
-                    w.copy(basis as u64, op.len as u64)?;
+                    writer.copy(basis as u64, op.len as u64)?;
                     copy_end = Some(basis + op.len);
                 }
             }
         }
     }
-    if let Some((s, l)) = pending {
-        w.literal(&target[s..s + l])?;
+    if let Some((pending_start, pending_len)) = pending {
+        writer.literal(&target[pending_start..pending_start + pending_len])?;
     }
-    let (_, stats) = w.finish_with_stats()?;
+    let (_, stats) = writer.finish_with_stats()?;
     tracing::debug!(
         target_bytes = target.len(),
         hints = hint_count,
