@@ -10,6 +10,7 @@ import platform
 import re
 import subprocess
 
+import md_section
 import report_device
 
 # name: (what changes, delta bytes target ÷ balena-engine v3 from issue 3, or None)
@@ -428,8 +429,8 @@ def main():
         with open(args.out_md) as f:
             old = f.read()
         for name in ("status-path", "scale-out"):
-            m = re.search(rf"<!-- {name}:begin.*?<!-- {name}:end -->", old, re.S)
-            kept += "\n" + m.group(0) + "\n" if m else ""
+            section = md_section.find(old, name)
+            kept += "\n" + section + "\n" if section else ""
     with open(args.out_md, "w") as f:
         f.write(markdown(data, plot) + kept)
     if args.json:

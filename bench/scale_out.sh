@@ -117,22 +117,7 @@ measure() { # NAME URL...   (one wrk per URL, run together; requests/s summed, w
     i=$((i + 1))
   done
   wait $(jobs -p | tail -n "$n")
-  python3 - "$name" "${files[@]}" >>"$work/rows" <<'PY'
-import re, sys
-name, files = sys.argv[1], sys.argv[2:]
-def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
-    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-rps = p50 = p99 = 0.0; non2xx = timeouts = 0
-for f in files:
-    t = open(f).read()
-    rps += float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-    p50 = max(p50, ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1)))
-    p99 = max(p99, ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1)))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", t); non2xx += int(m.group(1)) if m else 0
-    m = re.search(r"timeout (\d+)", t); timeouts += int(m.group(1)) if m else 0
-print(f"| {name} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {non2xx} | {timeouts} |")
-PY
+  python3 "$repo/bench/wrk_summary.py" "$name" "${files[@]}" >>"$work/rows"
 }
 start 18101 "$work/status-sqlite" - --poll-seconds 0
 wait_built 18101 3
@@ -177,15 +162,5 @@ $(printf '%s\n' "${build_rows[@]}")
 <!-- scale-out:end -->
 MD
 )
-python3 - "$out_md" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = ""
-pat = re.compile(r"<!-- scale-out:begin.*?<!-- scale-out:end -->", re.S)
-text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+printf '%s\n' "$section" | python3 "$repo/bench/md_section.py" "$out_md" scale-out
 log "wrote the scale-out section of $out_md"

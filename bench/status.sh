@@ -11,7 +11,7 @@
 #   BRU_BIN       balena-release-update binary (default: target/release, built if missing)
 #   REGISTRY      a plain-HTTP registry HOST:PORT (default: .ci/start-registry.sh's 127.0.0.1:5055)
 #   SECONDS_EACH  wrk duration per scenario (default 15)
-# Needs: wrk, skopeo, curl, docker-registry (unless REGISTRY is given).
+# Needs: wrk, skopeo, curl, python3, docker-registry (unless REGISTRY is given).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +19,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 corpus=$(cd "$1" && pwd)
 out_md=$(realpath -m "${2:-$repo/BENCHMARKS.md}")
 each=${SECONDS_EACH:-15}
-for tool in wrk skopeo curl; do
+for tool in wrk skopeo curl python3; do
   command -v "$tool" >/dev/null || { echo "status.sh: $tool is required" >&2; exit 2; }
 done
 bin=${BRU_BIN:-$repo/target/release/balena-release-update}
@@ -63,14 +63,10 @@ done
 rows=()
 measure() { # NAME URL
   log "wrk: $1"
-  local out rps p50 p99 errs non2xx
-  out=$(wrk -t2 -c200 -d"${each}s" --latency "$2" 2>&1)
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out" || true); non2xx=${non2xx:-0}
-  errs=$( (grep -o 'timeout [0-9]*' <<<"$out" || true) | awk '{print $2}'); errs=${errs:-0}
-  rows+=("| $1 | $(printf "%'.0f" "$rps") | $p50 | $p99 | $non2xx | $errs |")
+  local row
+  wrk -t2 -c200 -d"${each}s" --latency "$2" >"$work/wrk.out" 2>&1
+  row=$(python3 "$repo/bench/wrk_summary.py" "$1" "$work/wrk.out")
+  rows+=("$row")
 }
 measure "/healthz" "http://127.0.0.1:18099/healthz"
 measure "built pair by tag" "http://127.0.0.1:18099/api/v3/delta?$tagq"
@@ -94,15 +90,5 @@ $(printf '%s\n' "${rows[@]}")
 <!-- status-path:end -->
 MD
 )
-python3 - "$out_md" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = ""
-pat = re.compile(r"<!-- status-path:begin.*?<!-- status-path:end -->", re.S)
-text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+printf '%s\n' "$section" | python3 "$repo/bench/md_section.py" "$out_md" status-path
 log "wrote the status-path section of $out_md"

@@ -79,6 +79,24 @@ pub struct LayerInfo {
     pub literal_commands: Option<u64>,
 }
 
+impl LayerInfo {
+    /// A layer known by its descriptor alone (a common layer, a layer of an inspected
+    /// image): no delta statistics.
+    pub(crate) fn without_stats(index: usize, kind: LayerKind, desc: &Descriptor) -> Self {
+        LayerInfo {
+            index,
+            kind,
+            digest: desc.digest.clone(),
+            compressed_bytes: desc.size,
+            delta_bytes: None,
+            copied_bytes: None,
+            literal_bytes: None,
+            copy_commands: None,
+            literal_commands: None,
+        }
+    }
+}
+
 /// Kind of a delta image layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -258,17 +276,7 @@ pub async fn create(
         if let Some((_, desc)) = &empty {
             layer_descs.push(desc.clone());
             diff_ids.push(EMPTY_TAR_DIFF_ID.to_owned());
-            infos.push(LayerInfo {
-                index: i,
-                kind: LayerKind::Common,
-                digest: desc.digest.clone(),
-                compressed_bytes: desc.size,
-                delta_bytes: None,
-                copied_bytes: None,
-                literal_bytes: None,
-                copy_commands: None,
-                literal_commands: None,
-            });
+            infos.push(LayerInfo::without_stats(i, LayerKind::Common, desc));
         }
     }
     for blob in &blobs {

@@ -42,21 +42,12 @@ pub async fn inspect(delta: &dyn ImageSource) -> Result<DeltaInfo, DeltaError> {
                 .diff_ids
                 .get(index)
                 .is_some_and(|id| id.to_string() == EMPTY_TAR_DIFF_ID);
-            LayerInfo {
-                index,
-                kind: if empty {
-                    LayerKind::Common
-                } else {
-                    LayerKind::Delta
-                },
-                digest: desc.digest.clone(),
-                compressed_bytes: desc.size,
-                delta_bytes: None,
-                copied_bytes: None,
-                literal_bytes: None,
-                copy_commands: None,
-                literal_commands: None,
-            }
+            let kind = if empty {
+                LayerKind::Common
+            } else {
+                LayerKind::Delta
+            };
+            LayerInfo::without_stats(index, kind, desc)
         })
         .collect();
     Ok(DeltaInfo::new(
