@@ -210,6 +210,51 @@ fn big_integer<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+/// `serve`'s delta status answer (`/api/v3/delta/status`), tagged by `status`: serialised by
+/// the server, deserialised by the client (unknown fields ignored, retry hints optional).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum WireDeltaStatus {
+    /// Built: the delta image's name and what a device downloads.
+    Ready {
+        /// Delta id.
+        id: u64,
+        /// Delta format version.
+        version: u32,
+        /// Where the delta image is.
+        name: String,
+        /// Bytes a device downloads.
+        download_bytes: u64,
+    },
+    /// Being built.
+    Building {
+        /// Delta id.
+        id: u64,
+        /// Delta format version.
+        version: u32,
+    },
+    /// The build failed for good; a request is refused until the cool-down ends.
+    Failed {
+        /// Delta id.
+        #[serde(default)]
+        id: u64,
+        /// Delta format version.
+        #[serde(default)]
+        version: u32,
+        /// Seconds until a request may try again.
+        #[serde(default)]
+        retry_after_seconds: u64,
+    },
+    /// A build was given up on transient trouble; a request is answered 503 until then.
+    Interrupted {
+        /// Seconds until a request may try again.
+        #[serde(default)]
+        retry_after_seconds: u64,
+    },
+    /// No delta: a request starts one.
+    None,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +352,43 @@ mod tests {
         )
         .unwrap();
         assert!(broken.into_release().is_err());
+    }
+
+    #[test]
+    fn the_status_answer_reads_back_and_older_or_newer_shapes_are_read() {
+        let all = [
+            WireDeltaStatus::Ready {
+                id: 7,
+                version: 3,
+                name: "r/delta:x".into(),
+                download_bytes: 1234,
+            },
+            WireDeltaStatus::Building { id: 8, version: 3 },
+            WireDeltaStatus::Failed {
+                id: 9,
+                version: 3,
+                retry_after_seconds: 600,
+            },
+            WireDeltaStatus::Interrupted {
+                retry_after_seconds: 30,
+            },
+            WireDeltaStatus::None,
+        ];
+        for status in all {
+            let json = serde_json::to_string(&status).unwrap();
+            let back: WireDeltaStatus = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, status, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&WireDeltaStatus::Building { id: 8, version: 3 }).unwrap(),
+            r#"{"status":"building","id":8,"version":3}"#
+        );
+        // Retry hints are optional; fields the client does not know are ignored.
+        let failed: WireDeltaStatus = serde_json::from_str(r#"{"status":"failed"}"#).unwrap();
+        assert!(matches!(failed, WireDeltaStatus::Failed { id: 0, .. }));
+        let none: WireDeltaStatus =
+            serde_json::from_str(r#"{"status":"none","hint":"ask again"}"#).unwrap();
+        assert_eq!(none, WireDeltaStatus::None);
+        assert!(serde_json::from_str::<WireDeltaStatus>(r#"{"status":"lost"}"#).is_err());
     }
 }

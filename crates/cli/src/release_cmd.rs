@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use bru_delta::{Event, Progress, Step};
 use bru_oci::RegistryOptions;
 use bru_service::{
     absolutize, Bandwidth, BuildProgress, BuilderConfig, ClaimPolicy, Database, Embedded,
-    ImageRecord,
+    ImageRecord, ServiceSpec,
 };
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -90,7 +90,7 @@ pub struct AddArgs {
     /// A service and its image: NAME=oci:DIR[:TAG], NAME=docker-archive:FILE or
     /// NAME=HOST/REPO[:TAG|@DIGEST]. Repeatable.
     #[arg(long = "service", value_name = "NAME=IMAGE", required = true)]
-    services: Vec<String>,
+    services: Vec<ServiceSpec>,
 }
 
 /// Arguments of `release list`.
@@ -137,10 +137,7 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             let cwd = std::env::current_dir().context("read the current directory")?;
             let mut services = Vec::new();
             for s in &args.services {
-                let Some((name, reference)) = s.split_once('=') else {
-                    bail!("--service must be NAME=IMAGE, got {s:?}");
-                };
-                services.push((name.to_owned(), absolutize(name, reference, &cwd)?));
+                services.push((s.name.clone(), absolutize(&s.name, &s.reference, &cwd)?));
             }
             let store = args.store.open().await?;
             let release = store

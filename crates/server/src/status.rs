@@ -29,35 +29,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bru_balena::wire::WireDeltaStatus;
 use bru_service::{DeltaRecord, DeltaStatus, DELTA_VERSION};
-use serde::Serialize;
 
 use crate::{ApiError, AppState};
-
-/// The body of a status answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "lowercase")]
-pub(crate) enum DeltaState {
-    Ready {
-        id: u64,
-        version: u32,
-        name: String,
-        download_bytes: u64,
-    },
-    Building {
-        id: u64,
-        version: u32,
-    },
-    Failed {
-        id: u64,
-        version: u32,
-        retry_after_seconds: u64,
-    },
-    Interrupted {
-        retry_after_seconds: u64,
-    },
-    None,
-}
 
 pub(crate) async fn delta_status(
     State(state): State<Arc<AppState>>,
@@ -76,7 +51,7 @@ async fn answer(
     state: &AppState,
     query: &str,
     headers: &HeaderMap,
-) -> Result<DeltaState, ApiError> {
+) -> Result<WireDeltaStatus, ApiError> {
     let started = tokio::time::Instant::now();
     let (src, dest) = crate::authorize::authorize(state, query, headers, started).await?;
     let row = state
@@ -94,9 +69,12 @@ async fn answer(
 
 /// Without a row that decides, a pair held back after an interrupted build is
 /// `interrupted` (a request would answer 503 until then).
-fn with_interruption(state: DeltaState, held_back: Option<std::time::Duration>) -> DeltaState {
+fn with_interruption(
+    state: WireDeltaStatus,
+    held_back: Option<std::time::Duration>,
+) -> WireDeltaStatus {
     match (state, held_back) {
-        (DeltaState::None, Some(left)) => DeltaState::Interrupted {
+        (WireDeltaStatus::None, Some(left)) => WireDeltaStatus::Interrupted {
             retry_after_seconds: left.as_secs() + u64::from(left.subsec_nanos() > 0),
         },
         (known, _) => known,
@@ -110,45 +88,49 @@ fn now_ms() -> i64 {
 }
 
 /// The public state of the newest row, judged by the rules `claim_delta` applies.
-fn state_of(row: Option<DeltaRecord>, policy: &bru_service::ClaimPolicy, now: i64) -> DeltaState {
+fn state_of(
+    row: Option<DeltaRecord>,
+    policy: &bru_service::ClaimPolicy,
+    now: i64,
+) -> WireDeltaStatus {
     let Some(row) = row else {
-        return DeltaState::None;
+        return WireDeltaStatus::None;
     };
     let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     match row.status {
         DeltaStatus::Success => match (row.location, row.size) {
-            (Some(name), Some(download_bytes)) => DeltaState::Ready {
+            (Some(name), Some(download_bytes)) => WireDeltaStatus::Ready {
                 id: row.id,
                 version: row.version,
                 name,
                 download_bytes,
             },
             // A success row always has both; without them a request would rebuild.
-            _ => DeltaState::None,
+            _ => WireDeltaStatus::None,
         },
         DeltaStatus::Running
             if now.saturating_sub(row.update_timestamp) < ms(policy.stale_after) =>
         {
-            DeltaState::Building {
+            WireDeltaStatus::Building {
                 id: row.id,
                 version: row.version,
             }
         }
-        DeltaStatus::Running => DeltaState::None,
+        DeltaStatus::Running => WireDeltaStatus::None,
         DeltaStatus::Failed => {
             let ended = row.end_timestamp.unwrap_or(row.update_timestamp);
             let left = ended
                 .saturating_add(ms(policy.retry_failed_after))
                 .saturating_sub(now);
             if left > 0 {
-                DeltaState::Failed {
+                WireDeltaStatus::Failed {
                     id: row.id,
                     version: row.version,
                     retry_after_seconds: u64::try_from(left.saturating_add(999) / 1000)
                         .unwrap_or(0),
                 }
             } else {
-                DeltaState::None
+                WireDeltaStatus::None
             }
         }
     }
@@ -180,10 +162,10 @@ mod tests {
     fn rows_map_to_the_answer_a_request_would_give() {
         let policy = ClaimPolicy::default(); // stale after 300 s, retry failed after 600 s
         let now = 1_000_000_000;
-        assert_eq!(state_of(None, &policy, now), DeltaState::None);
+        assert_eq!(state_of(None, &policy, now), WireDeltaStatus::None);
         assert_eq!(
             state_of(Some(row(DeltaStatus::Success, 0, Some(0))), &policy, now),
-            DeltaState::Ready {
+            WireDeltaStatus::Ready {
                 id: 7,
                 version: 3,
                 name: "r/v2/a:delta-1".into(),
@@ -193,37 +175,40 @@ mod tests {
         let fresh = row(DeltaStatus::Running, now - 299_000, None);
         assert!(matches!(
             state_of(Some(fresh), &policy, now),
-            DeltaState::Building { id: 7, .. }
+            WireDeltaStatus::Building { id: 7, .. }
         ));
         let stale = row(DeltaStatus::Running, now - 300_000, None);
-        assert_eq!(state_of(Some(stale), &policy, now), DeltaState::None);
+        assert_eq!(state_of(Some(stale), &policy, now), WireDeltaStatus::None);
         let failed = row(DeltaStatus::Failed, 0, Some(now - 599_500));
         assert_eq!(
             state_of(Some(failed), &policy, now),
-            DeltaState::Failed {
+            WireDeltaStatus::Failed {
                 id: 7,
                 version: 3,
                 retry_after_seconds: 1
             }
         );
         let cooled = row(DeltaStatus::Failed, 0, Some(now - 600_000));
-        assert_eq!(state_of(Some(cooled), &policy, now), DeltaState::None);
+        assert_eq!(state_of(Some(cooled), &policy, now), WireDeltaStatus::None);
     }
 
     #[test]
     fn a_held_back_pair_without_a_row_is_interrupted() {
         let left = Some(std::time::Duration::from_millis(1500));
         assert_eq!(
-            with_interruption(DeltaState::None, left),
-            DeltaState::Interrupted {
+            with_interruption(WireDeltaStatus::None, left),
+            WireDeltaStatus::Interrupted {
                 retry_after_seconds: 2
             }
         );
-        assert_eq!(with_interruption(DeltaState::None, None), DeltaState::None);
-        let building = DeltaState::Building { id: 1, version: 3 };
+        assert_eq!(
+            with_interruption(WireDeltaStatus::None, None),
+            WireDeltaStatus::None
+        );
+        let building = WireDeltaStatus::Building { id: 1, version: 3 };
         assert_eq!(with_interruption(building.clone(), left), building);
         assert_eq!(
-            serde_json::to_value(DeltaState::Interrupted {
+            serde_json::to_value(WireDeltaStatus::Interrupted {
                 retry_after_seconds: 2
             })
             .unwrap(),
@@ -233,7 +218,7 @@ mod tests {
 
     #[test]
     fn answers_serialise_with_a_status_tag() {
-        let ready = DeltaState::Ready {
+        let ready = WireDeltaStatus::Ready {
             id: 7,
             version: 3,
             name: "r/v2/a:delta-1".into(),
@@ -245,7 +230,7 @@ mod tests {
                                "name": "r/v2/a:delta-1", "download_bytes": 1234})
         );
         assert_eq!(
-            serde_json::to_value(DeltaState::None).unwrap(),
+            serde_json::to_value(WireDeltaStatus::None).unwrap(),
             serde_json::json!({"status": "none"})
         );
     }

@@ -1,12 +1,51 @@
 //! Release import: resolving image references to the facts a store records.
 
 use std::path::Path;
+use std::str::FromStr;
 
 use bru_oci::{open_source, ImageReference, RegistryOptions};
 use serde::Deserialize;
 
 use crate::store::NewImage;
 use crate::ServiceError;
+
+/// A service of a release and its image, written `NAME=IMAGE`: `api=oci:./layout:v2`,
+/// `api=docker-archive:api.tar`, `api=registry.local/api:v2`. Both halves are checked when
+/// parsed; the image is kept as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// The service name.
+    pub name: String,
+    /// The image reference, as written (a valid [`ImageReference`]).
+    pub reference: String,
+}
+
+impl FromStr for ServiceSpec {
+    type Err = ServiceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((name, reference)) = s.split_once('=') else {
+            return Err(ServiceError::InvalidInput {
+                what: "service",
+                reason: format!(
+                    "expected NAME=IMAGE, got {:?}",
+                    s.chars().take(200).collect::<String>()
+                ),
+            });
+        };
+        check_service_name(name)?;
+        reference
+            .parse::<ImageReference>()
+            .map_err(|source| ServiceError::InvalidReference {
+                service: name.to_string(),
+                source,
+            })?;
+        Ok(ServiceSpec {
+            name: name.to_string(),
+            reference: reference.to_string(),
+        })
+    }
+}
 
 /// Parses `reference` and makes a relative `oci:` or `docker-archive:` path absolute
 /// against `base`. Registry references are returned as given.
@@ -203,5 +242,22 @@ mod tests {
                 "{fleet:?} {commit:?} {services:?}"
             );
         }
+    }
+
+    #[test]
+    fn service_specs_parse_and_bad_ones_say_why() {
+        let spec: ServiceSpec = "api=oci:./layout:v2".parse().unwrap();
+        assert_eq!(spec.name, "api");
+        assert_eq!(spec.reference, "oci:./layout:v2");
+        let spec: ServiceSpec = "db=registry.local:5000/db@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            .parse()
+            .unwrap();
+        assert_eq!(spec.name, "db");
+        for bad in ["api", "=oci:x", "a b=oci:x", "api=", "api=oci:"] {
+            let err = bad.parse::<ServiceSpec>().unwrap_err();
+            assert!(!err.to_string().is_empty(), "{bad}");
+        }
+        let err = "api".parse::<ServiceSpec>().unwrap_err().to_string();
+        assert!(err.contains("NAME=IMAGE"), "{err}");
     }
 }

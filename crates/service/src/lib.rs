@@ -65,7 +65,7 @@ pub use builder::{delta_tag, delta_tag_for, BuildEnd, BuildProgress, BuilderConf
 pub use database::{Database, DatabaseParseError};
 pub use embedded::{state_dir, DeltaRequest, Embedded};
 pub use error::ServiceError;
-pub use import::{absolutize, check_release, resolve_image, FleetFile, FleetRelease};
+pub use import::{absolutize, check_release, resolve_image, FleetFile, FleetRelease, ServiceSpec};
 pub use postgres::{DeadlineExceeded, PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use store::{

@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::{BalenaClient, Credentials, Response};
 use crate::pine;
+use crate::wire::WireDeltaStatus;
 use crate::wire::WireImage;
 
 /// Images and tokens kept at most (the cache is emptied beyond).
@@ -99,25 +100,6 @@ impl RegistryImage {
             reference,
         })
     }
-}
-
-/// `serve`'s status answer (`/api/v3/delta/status`).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "status", rename_all = "lowercase")]
-enum WireStatus {
-    Ready {
-        id: u64,
-        version: u32,
-        name: String,
-        download_bytes: u64,
-    },
-    Building {
-        id: u64,
-        version: u32,
-    },
-    Failed {},
-    Interrupted {},
-    None {},
 }
 
 /// `{"token": "<JWT>"}` from `/auth/v1/token`.
@@ -317,13 +299,13 @@ impl BalenaClient {
         if response.status.as_u16() != 200 {
             return Err(serve_error(&response));
         }
-        let answer: WireStatus =
+        let answer: WireDeltaStatus =
             serde_json::from_slice(&response.body).map_err(|e| Error::InvalidResponse {
                 url: redact_url(response.url.as_str()).into_owned(),
                 reason: format!("unexpected delta status answer: {e}"),
             })?;
         Ok(match answer {
-            WireStatus::Ready {
+            WireDeltaStatus::Ready {
                 id,
                 version,
                 name,
@@ -335,14 +317,16 @@ impl BalenaClient {
                 location: Some(name),
                 size: download_bytes,
             }),
-            WireStatus::Building { id, version } => Some(Delta {
+            WireDeltaStatus::Building { id, version } => Some(Delta {
                 id,
                 status: bru_core::DeltaStatus::Running,
                 version,
                 location: None,
                 size: 0,
             }),
-            WireStatus::Failed {} | WireStatus::Interrupted {} | WireStatus::None {} => None,
+            WireDeltaStatus::Failed { .. }
+            | WireDeltaStatus::Interrupted { .. }
+            | WireDeltaStatus::None => None,
         })
     }
 
@@ -441,12 +425,12 @@ mod tests {
 
     #[test]
     fn every_status_serve_answers_is_understood() {
-        let parse = |json: &str| serde_json::from_str::<WireStatus>(json).unwrap();
+        let parse = |json: &str| serde_json::from_str::<WireDeltaStatus>(json).unwrap();
         assert!(matches!(
             parse(
                 r#"{"status":"ready","id":7,"version":3,"name":"r/v2/a:delta-1","download_bytes":12}"#
             ),
-            WireStatus::Ready {
+            WireDeltaStatus::Ready {
                 id: 7,
                 version: 3,
                 download_bytes: 12,
@@ -455,19 +439,24 @@ mod tests {
         ));
         assert!(matches!(
             parse(r#"{"status":"building","id":7,"version":3}"#),
-            WireStatus::Building { id: 7, version: 3 }
+            WireDeltaStatus::Building { id: 7, version: 3 }
         ));
         assert!(matches!(
             parse(r#"{"status":"failed","id":7,"version":3,"retry_after_seconds":5}"#),
-            WireStatus::Failed {}
+            WireDeltaStatus::Failed { id: 7, .. }
         ));
         assert!(matches!(
             parse(r#"{"status":"interrupted","retry_after_seconds":5}"#),
-            WireStatus::Interrupted {}
+            WireDeltaStatus::Interrupted {
+                retry_after_seconds: 5
+            }
         ));
-        assert!(matches!(parse(r#"{"status":"none"}"#), WireStatus::None {}));
-        assert!(serde_json::from_str::<WireStatus>(r#"{"status":"later"}"#).is_err());
-        assert!(serde_json::from_str::<WireStatus>(r#"{"status":"ready","id":7}"#).is_err());
+        assert!(matches!(
+            parse(r#"{"status":"none"}"#),
+            WireDeltaStatus::None
+        ));
+        assert!(serde_json::from_str::<WireDeltaStatus>(r#"{"status":"later"}"#).is_err());
+        assert!(serde_json::from_str::<WireDeltaStatus>(r#"{"status":"ready","id":7}"#).is_err());
     }
 
     #[test]
