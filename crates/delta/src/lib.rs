@@ -27,9 +27,10 @@
 //! [`limits`] (the apply limits).
 //!
 //! Speed: fetching (decompress on one thread, hash and write on another),
-//! indexing (fed from the fetch), matching (two windows at once), the
-//! self-check and gzip of one layer and the encoding of the next overlap;
-//! the delta bytes do not depend on any of it (see `DESIGN.md`, "Build speed").
+//! indexing (fed from the fetch), matching (chunks on a pool, windows written
+//! in order as they are ready), and a layer's gzip and self-check (fed the
+//! delta as it is written) overlap; the delta bytes do not depend on any of it
+//! (see `DESIGN.md`, "Build speed").
 
 #![deny(missing_docs)]
 

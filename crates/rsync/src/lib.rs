@@ -3,7 +3,7 @@
 //! A delta stream is the magic `72 73 02 36`, then LITERAL and COPY commands, then END
 //! (see the librsync format; balena-engine applies these streams with librsync-go).
 //! * [`DeltaWriter`] encodes a stream from LITERAL/COPY operations.
-//! * [`patch`] applies a stream to a basis ([`ReadAt`]) with bounded memory and strict checks.
+//! * [`patch()`] applies a stream to a basis ([`ReadAt`]) with bounded memory and strict checks.
 //! * [`BasisIndex`] and [`diff`] find byte-granular COPYs against a whole basis and write the
 //!   stream; [`Hint`]s (e.g. from [`tar::hints`]) point target ranges at their likely old bytes.
 //! * [`DeviceCost`] and [`BasisLayout`] model what a device pays to apply each command, so that

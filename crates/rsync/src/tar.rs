@@ -169,7 +169,7 @@ fn clean_path(mut p: &[u8]) -> &[u8] {
     }
 }
 
-/// The `path` record of a PAX extended header ("<len> path=<value>\n" records).
+/// The `path` record of a PAX extended header (records `"<len> path=<value>\n"`).
 fn pax_path(mut data: &[u8]) -> Option<Vec<u8>> {
     let mut found = None;
     while !data.is_empty() {
