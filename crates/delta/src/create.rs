@@ -610,3 +610,93 @@ fn write_empty_layer(
     let (desc, _) = write_layer(&path, format, level, |w| w.write_all(&EMPTY_TAR))?;
     Ok((path, desc))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn paths(dir: &Path) -> LayerPaths {
+        LayerPaths {
+            delta: dir.join("delta-1"),
+            body: dir.join("body-1"),
+            blob: dir.join("layer-1.tar.gz"),
+        }
+    }
+
+    /// A real (empty) compressed body, as the compressor thread returns it.
+    fn body(dir: &Path) -> io::Result<gzlayer::Body> {
+        let (tx, rx) = sync_channel(1);
+        drop(tx);
+        gzlayer::deflate_body(rx, 9, &dir.join("body-1"))
+    }
+
+    fn broken_pipe() -> io::Result<bru_rsync::DeltaStats> {
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "a consumer stopped",
+        ))
+    }
+
+    #[test]
+    fn a_full_disk_under_the_compressor_is_reported_not_the_broken_pipe_it_caused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(dir.path());
+        let streams = Streams {
+            encoded: broken_pipe(),
+            deflated: Err(io::Error::from_raw_os_error(28)), // ENOSPC
+            checked: Ok(()),
+        };
+        let err = finish_layer(1, streams, &paths, Format::Docker, 9)
+            .err()
+            .unwrap();
+        match &err {
+            DeltaError::Io { path, source } => {
+                assert_eq!(path, &paths.body);
+                assert_eq!(source.kind(), io::ErrorKind::StorageFull);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.is_transient(), "a full disk is transient");
+    }
+
+    #[test]
+    fn a_failed_self_check_is_reported_not_the_broken_pipe_it_caused() {
+        let dir = tempfile::tempdir().unwrap();
+        let streams = Streams {
+            encoded: broken_pipe(),
+            deflated: body(dir.path()),
+            checked: Err(DeltaError::Patch {
+                index: 1,
+                source: bru_rsync::PatchError::Truncated { offset: 9 },
+            }),
+        };
+        let err = finish_layer(1, streams, &paths(dir.path()), Format::Docker, 9)
+            .err()
+            .unwrap();
+        assert!(matches!(err, DeltaError::Patch { index: 1, .. }), "{err:?}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn the_encoder_own_error_wins_over_the_truncated_stream_it_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(dir.path());
+        let streams = Streams {
+            encoded: Err(io::Error::from_raw_os_error(28)),
+            deflated: body(dir.path()),
+            checked: Err(DeltaError::Patch {
+                index: 1,
+                source: bru_rsync::PatchError::Truncated { offset: 4 },
+            }),
+        };
+        let err = finish_layer(1, streams, &paths, Format::Docker, 9)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, DeltaError::Io { path, .. } if path == &paths.delta),
+            "{err:?}"
+        );
+        assert!(err.is_transient());
+    }
+}
