@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 # rdiff: an independent librsync decoder that cross-checks every delta we emit.
 # skopeo: an independent containers/image implementation, for interoperability tests.
 # postgresql: the shared store of several `serve` instances (--database), tested for real.
-pkgs=(docker-registry rdiff skopeo postgresql curl)
+# openssl: makes the throwaway CA and server certificate of the PostgreSQL TLS test.
+pkgs=(docker-registry rdiff skopeo postgresql curl openssl)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"

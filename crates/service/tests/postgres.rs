@@ -707,3 +707,58 @@ async fn queued_builds_keep_their_claim_alive() {
         2
     );
 }
+
+/// How many connections named `app` the server sees, and how many of them use TLS.
+fn our_connections(pg: &TestPostgres, app: &str) -> (u64, u64) {
+    let row = pg
+        .psql(
+            &pg.admin_url,
+            &format!(
+                "SELECT count(*) || ',' || count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = '{app}'"
+            ),
+        )
+        .unwrap();
+    let (all, tls) = row.split_once(',').unwrap();
+    (all.parse().unwrap(), tls.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_gives_verified_tls_and_an_unknown_server_is_refused_for_good() {
+    let (pg, ca) = TestPostgres::start_tls();
+    let db = pg.create_database();
+
+    // Trusting the test CA: TLS, and the store works over it.
+    let url = format!(
+        "{db}?sslmode=require&sslrootcert={}&application_name=bru-tls",
+        ca.display()
+    );
+    let store = connect(&url).await;
+    assert!(store.schema_version().await.unwrap() > 0);
+    assert!(store.list_releases(None).await.unwrap().is_empty());
+    let (all, tls) = our_connections(&pg, "bru-tls");
+    assert!(all >= 1 && tls == all, "{tls} of {all} connections use TLS");
+    drop(store);
+
+    // The public roots alone do not know the test CA: refused, and not worth retrying.
+    let err = PostgresStore::connect(&format!("{db}?sslmode=require"), PostgresOptions::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(format!("{err:#}").contains("127.0.0.1"), "{err:#}");
+
+    // A server without TLS cannot satisfy sslmode=require.
+    let plain = TestPostgres::start();
+    let plain_db = plain.create_database();
+    let url = format!("{plain_db}?sslmode=require&sslrootcert={}", ca.display());
+    let err = PostgresStore::connect(&url, PostgresOptions::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+
+    // Without sslmode the connection stays plain, as before.
+    let store = connect(&format!("{db}?application_name=bru-plain")).await;
+    assert!(store.schema_version().await.unwrap() > 0);
+    let (all, tls) = our_connections(&pg, "bru-plain");
+    assert!(all >= 1 && tls == 0, "{tls} of {all} connections use TLS");
+}

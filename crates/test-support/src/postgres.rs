@@ -29,6 +29,8 @@ struct Private {
     data: PathBuf,
     port: u16,
     running: bool,
+    /// Server options besides the port and socket directory (TLS files).
+    options: String,
     dir: tempfile::TempDir,
 }
 
@@ -62,6 +64,21 @@ impl TestPostgres {
     /// When the PostgreSQL binaries are missing or the server does not come up: this is
     /// test code, and a test without its database must fail loudly.
     pub fn start() -> TestPostgres {
+        Self::start_with(false).0
+    }
+
+    /// Starts a private cluster that also accepts TLS, with a server certificate for
+    /// `127.0.0.1` issued by a throwaway CA made with Debian's `openssl`; returns the server
+    /// and the CA certificate (PEM) a client must trust.
+    ///
+    /// # Panics
+    /// As [`TestPostgres::start`], and when `openssl` is missing.
+    pub fn start_tls() -> (TestPostgres, PathBuf) {
+        let (server, ca) = Self::start_with(true);
+        (server, ca.expect("CA certificate"))
+    }
+
+    fn start_with(tls: bool) -> (TestPostgres, Option<PathBuf>) {
         let bin = server_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
@@ -74,6 +91,19 @@ impl TestPostgres {
             .arg("--locale=C")
             .arg("-D")
             .arg(&data));
+        let (options, ca) = if tls {
+            let (cert, key, ca) = make_certificates(dir.path());
+            (
+                format!(
+                    "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    cert.display(),
+                    key.display()
+                ),
+                Some(ca),
+            )
+        } else {
+            (String::new(), None)
+        };
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -83,13 +113,17 @@ impl TestPostgres {
             data,
             port,
             running: false,
+            options,
             dir,
         };
         start_server(&mut private);
-        TestPostgres {
-            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            private: Some(private),
-        }
+        (
+            TestPostgres {
+                admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                private: Some(private),
+            },
+            ca,
+        )
     }
 
     /// Creates an empty database and returns its URL.
@@ -159,9 +193,10 @@ impl TestPostgres {
 fn start_server(p: &mut Private) {
     let log = p.dir.path().join("server.log");
     let options = format!(
-        "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+        "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 {}",
         p.port,
-        p.dir.path().display()
+        p.dir.path().display(),
+        p.options
     );
     let out = pg_ctl(
         p,
@@ -183,6 +218,94 @@ fn start_server(p: &mut Private) {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     p.running = true;
+}
+
+/// A CA and a server certificate for `127.0.0.1` it issued, in `dir`: (server certificate,
+/// server key, CA certificate). The key belongs to the server's user, mode 0600.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca_key, ca) = (dir.join("ca.key"), dir.join("ca.crt"));
+    let (key, csr, cert) = (
+        dir.join("server.key"),
+        dir.join("server.csr"),
+        dir.join("server.crt"),
+    );
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write the certificate extensions");
+    let openssl = |args: &[&str]| {
+        let mut c = Command::new("openssl");
+        c.args(args).current_dir(dir);
+        match c.output() {
+            Ok(out) => assert!(out.status.success(), "openssl {args:?} failed: {out:?}"),
+            Err(e) => panic!("run openssl (install Debian's openssl package): {e}"),
+        }
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bru-test-ca",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let _ = (std::fs::remove_file(&ca_key), std::fs::remove_file(&csr));
+    run(Command::new("chmod").arg("600").arg(&key));
+    if is_root() {
+        run(Command::new("chown").arg("postgres:").arg(&key).arg(&cert));
+    }
+    (cert, key, ca)
 }
 
 fn pg_ctl(p: &Private, args: &[&str]) -> Output {

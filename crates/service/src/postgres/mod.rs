@@ -30,6 +30,7 @@ mod failure;
 mod query;
 mod rows;
 mod schema;
+mod tls;
 
 use std::time::Duration;
 
@@ -107,11 +108,15 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?…]`)
     /// and migrates its schema. Instances starting together migrate one after the other.
+    /// `sslmode=require` in the URL: TLS, with the server's certificate verified against the
+    /// public roots and the CA certificates of `sslrootcert=FILE` (PEM) if given; otherwise
+    /// plain connections (libpq's unverified `prefer` is not offered).
     pub async fn connect(
         url: &str,
         options: PostgresOptions,
     ) -> Result<PostgresStore, ServiceError> {
         let label = bru_core::redact_url(url).into_owned();
+        let (url, root_cert) = tls::take_root_cert(url);
         // The parser's message may quote the URL, password included: it is not kept.
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|_| ServiceError::InvalidInput {
@@ -134,13 +139,13 @@ impl PostgresStore {
             config.get_options().unwrap_or_default()
         );
         config.options(server_options.trim_start());
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls::connector(config.get_ssl_mode(), root_cert.as_deref())? {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
             .runtime(Runtime::Tokio1)
