@@ -106,6 +106,28 @@ fn metric(addr: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Three `serve` instances on `database`, each with its own store directory under `dir`.
+fn three_instances(database: &str, dir: &Path, registry: &str) -> Vec<Instance> {
+    (0..3)
+        .map(|i| {
+            serve(
+                database,
+                &dir.join(format!("store-{i}")),
+                registry,
+                &["--poll-seconds", "1"],
+            )
+        })
+        .collect()
+}
+
+/// The delta query of every image after the first, from the first.
+fn pair_queries(refs: &[String]) -> Vec<String> {
+    refs[1..]
+        .iter()
+        .map(|dest| format!("/api/v3/delta?src={}&dest={dest}", refs[0]))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_answer_200_devices_and_build_each_pair_once() {
     let registry = TestRegistry::shared();
@@ -113,20 +135,8 @@ async fn three_instances_answer_200_devices_and_build_each_pair_once() {
     let database = pg.create_database();
     let tmp = tempfile::tempdir().unwrap();
     let refs = push_images(&registry.addr, 10, 300_000, &tmp.path().join("images")).await;
-    let instances: Vec<Instance> = (0..3)
-        .map(|i| {
-            serve(
-                &database,
-                &tmp.path().join(format!("store-{i}")),
-                &registry.addr,
-                &["--poll-seconds", "1"],
-            )
-        })
-        .collect();
-    let queries: Vec<String> = refs[1..]
-        .iter()
-        .map(|dest| format!("/api/v3/delta?src={}&dest={dest}", refs[0]))
-        .collect();
+    let instances = three_instances(&database, tmp.path(), &registry.addr);
+    let queries = pair_queries(&refs);
 
     let answers: Vec<(usize, u16, String)> = std::thread::scope(|s| {
         let (instances, queries) = (&instances, &queries);
@@ -242,20 +252,8 @@ async fn instances_ride_out_a_postgres_restart_with_no_lost_or_duplicated_record
     let database = pg.create_database();
     let tmp = tempfile::tempdir().unwrap();
     let refs = push_images(&registry.addr, 6, 300_000, &tmp.path().join("images")).await;
-    let instances: Vec<Instance> = (0..3)
-        .map(|i| {
-            serve(
-                &database,
-                &tmp.path().join(format!("store-{i}")),
-                &registry.addr,
-                &["--poll-seconds", "1"],
-            )
-        })
-        .collect();
-    let queries: Vec<String> = refs[1..]
-        .iter()
-        .map(|dest| format!("/api/v3/delta?src={}&dest={dest}", refs[0]))
-        .collect();
+    let instances = three_instances(&database, tmp.path(), &registry.addr);
+    let queries = pair_queries(&refs);
     let addrs: Vec<String> = instances.iter().map(|i| i.addr.clone()).collect();
     let addr = |i: usize| addrs[i % addrs.len()].as_str();
 

@@ -419,6 +419,8 @@ fn encode_all(
             };
             drop(target);
             let _ = std::fs::remove_file(&target_path);
+            // After a failed layer no other is started: its finisher reports why.
+            let failed = encoded.is_err();
             finishing.push(s.spawn(move || {
                 let streams = Streams {
                     encoded,
@@ -435,6 +437,9 @@ fn encode_all(
                 progress.event(Event::End { step });
                 r
             }));
+            if failed {
+                break;
+            }
         }
         finishing
             .into_iter()
