@@ -521,11 +521,9 @@ fn finish_layer(
     };
     let body = deflated.map_err(DeltaError::io(&paths.body))?;
     checked?;
-    let delta_len = std::fs::metadata(&paths.delta)
-        .map_err(DeltaError::io(&paths.delta))?
-        .len();
     let blob = gzlayer::assemble(&paths.blob, level, body, &paths.delta)
         .map_err(DeltaError::io(&paths.blob))?;
+    let delta_len = blob.delta_len;
     let media_type = if level == 0 {
         format.tar_layer_type()
     } else {

@@ -91,6 +91,8 @@ pub(crate) struct Blob {
     pub size: u64,
     /// DiffID: sha256 of the uncompressed tar.
     pub diff_id: Digest,
+    /// Length of the delta stream inside.
+    pub delta_len: u64,
 }
 
 /// Writes the layer blob at `path` from the `body` written by [`deflate_body`] at the same
@@ -115,8 +117,8 @@ pub(crate) fn assemble(path: &Path, level: u32, body: Body, delta: &Path) -> io:
         blob.write_all(&crc.amount().to_le_bytes())?;
     }
     let (mut file, digest, size) = blob.finish();
+    // A work file: the sink verifies it and writes it durably where it belongs.
     file.flush()?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_data()?;
     let _ = std::fs::remove_file(&body.path);
 
     let diff_id = if level == 0 {
@@ -140,6 +142,7 @@ pub(crate) fn assemble(path: &Path, level: u32, body: Body, delta: &Path) -> io:
         digest,
         size,
         diff_id,
+        delta_len: body.delta_len,
     })
 }
 
@@ -243,6 +246,7 @@ mod tests {
                 "len {len}: bytes after the member"
             );
             assert_eq!(blob.size, bytes.len() as u64);
+            assert_eq!(blob.delta_len, len as u64);
             assert_eq!(blob.digest, sha(&bytes));
             assert_eq!(blob.diff_id, sha(&tar), "len {len}: DiffID");
         }
