@@ -94,6 +94,28 @@ async fn settle(backend: &Embedded, src: u64, dest: u64) -> DeltaRequest {
     backend.request(src, dest).await.unwrap()
 }
 
+/// Requests the pair, which starts a build, and expects that build to be interrupted: a
+/// retry-later answer and no row recorded. Returns the interruption's error.
+async fn interrupted(backend: &Embedded, src: u64, dest: u64) -> String {
+    assert_eq!(
+        backend.request(src, dest).await.unwrap(),
+        DeltaRequest::Building
+    );
+    let error = match settle(backend, src, dest).await {
+        DeltaRequest::RetryLater { error, .. } => error,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        backend
+            .store()
+            .newest_delta(src, dest, DELTA_VERSION)
+            .await
+            .unwrap(),
+        None
+    );
+    error
+}
+
 #[tokio::test]
 async fn a_registry_killed_and_restarted_during_a_build_is_ridden_out() {
     let tmp = tempfile::tempdir().unwrap();
@@ -239,24 +261,8 @@ async fn a_stalled_build_stops_its_heartbeat_and_a_deadline_ends_a_slow_one() {
         proxy.set(ProxyMode::Pass);
         let (src, dest) = release_pair(&backend, &v1, &v2).await;
         proxy.set(ProxyMode::StallAfter(0));
-        assert_eq!(
-            backend.request(src, dest).await.unwrap(),
-            DeltaRequest::Building
-        );
-        match settle(&backend, src, dest).await {
-            DeltaRequest::RetryLater { error, .. } => {
-                assert!(error.contains(expect), "{error}")
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            backend
-                .store()
-                .newest_delta(src, dest, DELTA_VERSION)
-                .await
-                .unwrap(),
-            None
-        );
+        let error = interrupted(&backend, src, dest).await;
+        assert!(error.contains(expect), "{error}");
     }
 }
 
@@ -300,24 +306,8 @@ async fn a_full_work_disk_interrupts_the_build_without_recording_a_failure() {
         ClaimPolicy::default(),
     );
     let (src, dest) = release_pair(&backend, &v1, &v2).await;
-    assert_eq!(
-        backend.request(src, dest).await.unwrap(),
-        DeltaRequest::Building
-    );
-    match settle(&backend, src, dest).await {
-        DeltaRequest::RetryLater { error, .. } => {
-            assert!(error.to_lowercase().contains("no space"), "{error}")
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(
-        backend
-            .store()
-            .newest_delta(src, dest, DELTA_VERSION)
-            .await
-            .unwrap(),
-        None
-    );
+    let error = interrupted(&backend, src, dest).await;
+    assert!(error.to_lowercase().contains("no space"), "{error}");
     // The failed build cleaned its work directory up.
     assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0);
 }

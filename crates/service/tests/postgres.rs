@@ -665,18 +665,7 @@ async fn queued_builds_keep_their_claim_alive() {
     let busy = Embedded::new(Arc::new(store), DeltaBuilder::new(config), "busy", stale)
         .with_build_limits(1, 1);
     let plain = instance(&url, &tmp.path().join("d2"), "other", stale).await;
-    let mut ids = Vec::new();
-    for (i, image) in images.iter().enumerate() {
-        let r = plain
-            .add_release(
-                "fleet",
-                &format!("{i:08x}"),
-                &[("app".into(), image.clone())],
-            )
-            .await
-            .unwrap();
-        ids.push(r.images[0].id);
-    }
+    let ids = import(&plain, &images).await;
     let pairs = [(ids[0], ids[1]), (ids[0], ids[2])];
     for &(src, dest) in &pairs {
         assert_eq!(
