@@ -127,34 +127,47 @@ impl Refiner {
                 len: end - start,
                 basis: None,
             }]);
-            let mut best = 0;
-            let mut best_cost = f64::INFINITY;
-            for (candidate, ops) in candidates.iter().enumerate() {
-                let cost = self.cost(ops, target, layout);
-                if cost < best_cost {
-                    best = candidate;
-                    best_cost = cost;
-                }
-            }
+            let best = self.cheapest(&candidates, target, layout);
             out.extend_from_slice(&candidates[best]);
         }
         out
     }
 
-    /// Deflated size of the commands plus, with a device, their apply cost in bytes.
-    fn cost(&mut self, ops: &[Op], target: &[u8], layout: &BasisLayout) -> f64 {
-        let bytes = self.deflated(ops, target) as f64;
+    /// The candidate with the smallest cost (deflated size plus, with a device, the apply
+    /// cost of its commands in bytes); the first of equals.
+    ///
+    /// Candidates are tried from the last (fewest commands, smallest apply cost) to the
+    /// first, and one whose apply cost alone reaches the best cost so far is not deflated:
+    /// its deflated size is positive, so it could neither win nor tie. The choice is the
+    /// one trying all would make, for less deflating where COPYs are dear.
+    fn cheapest(&mut self, candidates: &[Vec<Op>], target: &[u8], layout: &BasisLayout) -> usize {
+        let mut best = 0;
+        let mut best_cost = f64::INFINITY;
+        for (candidate, ops) in candidates.iter().enumerate().rev() {
+            let penalty = self.apply_cost(ops, layout);
+            if penalty >= best_cost {
+                continue;
+            }
+            let cost = penalty + self.deflated(ops, target) as f64;
+            if cost <= best_cost {
+                best = candidate;
+                best_cost = cost;
+            }
+        }
+        best
+    }
+
+    /// With a device, what applying the commands costs it, in bytes at its bandwidth.
+    fn apply_cost(&self, ops: &[Op], layout: &BasisLayout) -> f64 {
         let Some(device) = &self.device else {
-            return bytes;
+            return 0.0;
         };
-        bytes
-            + ops
-                .iter()
-                .map(|op| match op.basis {
-                    Some(basis) => device.copy_penalty(layout, basis as u64, op.len as u64),
-                    None => device.literal_penalty(op.len as u64),
-                })
-                .sum::<f64>()
+        ops.iter()
+            .map(|op| match op.basis {
+                Some(basis) => device.copy_penalty(layout, basis as u64, op.len as u64),
+                None => device.literal_penalty(op.len as u64),
+            })
+            .sum::<f64>()
     }
 
     /// Deflated size of the commands, encoded as in the delta stream.
