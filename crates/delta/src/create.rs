@@ -205,6 +205,18 @@ pub async fn create(
         let fetch_targets = async {
             let mut targets = Vec::new();
             for i in k..dst.manifest.layers.len() {
+                let diff_id = dst.config.diff_ids[i].clone();
+                // A layer the source has too (moved up or down the stack) is not
+                // fetched: its delta copies the source's layer, whose bytes the
+                // basis fetch verifies against this same DiffID.
+                if let Some(j) = src.config.diff_ids.iter().position(|d| *d == diff_id) {
+                    targets.push(TargetLayer {
+                        index: i,
+                        bytes: TargetBytes::SourceLayer(j),
+                        diff_id,
+                    });
+                    continue;
+                }
                 let path = work.path().join(format!("target-{i}.tar"));
                 fetch_all(
                     target,
@@ -216,7 +228,11 @@ pub async fn create(
                     (Step::FetchTarget, None),
                 )
                 .await?;
-                targets.push((i, path, dst.config.diff_ids[i].clone()));
+                targets.push(TargetLayer {
+                    index: i,
+                    bytes: TargetBytes::Fetched(path),
+                    diff_id,
+                });
             }
             Ok::<_, DeltaError>(targets)
         };
@@ -229,7 +245,7 @@ pub async fn create(
             &progress,
             (Step::FetchSource, Some(index_feed)),
         );
-        let ((), targets) = tokio::try_join!(fetch_basis, fetch_targets)?;
+        let (source_lens, targets) = tokio::try_join!(fetch_basis, fetch_targets)?;
         let builder = indexer
             .join()
             .map_err(|_| DeltaError::Task("basis indexer panicked".into()))?;
@@ -249,7 +265,7 @@ pub async fn create(
         blobs = blocking(move || {
             encode_all(
                 &dir,
-                &basis_path,
+                (&basis_path, &source_lens),
                 targets,
                 (format, level),
                 builder,
@@ -321,6 +337,7 @@ pub async fn create(
 
 /// Fetches layers of `image` into the file at `path`: all of them for the
 /// basis (`from == 0` with `role == Source`), or the single layer `from`.
+/// Returns the decompressed length of each layer fetched.
 async fn fetch_all(
     src: &dyn ImageSource,
     image: &PulledImage,
@@ -329,7 +346,7 @@ async fn fetch_all(
     path: &Path,
     progress: &Arc<dyn Progress>,
     (step, tee): (Step, Option<crate::fetch::Tee>),
-) -> Result<(), DeltaError> {
+) -> Result<Vec<u64>, DeltaError> {
     let range = if role == Role::Source {
         0..image.manifest.layers.len()
     } else {
@@ -342,8 +359,9 @@ async fn fetch_all(
     });
     let mut file = File::create(path).map_err(DeltaError::io(path))?;
     let mut done = 0;
+    let mut lens = Vec::new();
     for i in range {
-        let (f, _) = fetch_layer(
+        let (f, len) = fetch_layer(
             src,
             role,
             i,
@@ -355,11 +373,29 @@ async fn fetch_all(
         )
         .await?;
         file = f;
+        lens.push(len);
         done += image.manifest.layers[i].size;
         progress.event(Event::Advance { done });
     }
     progress.event(Event::End { step });
-    Ok(())
+    Ok(lens)
+}
+
+/// A changed layer of the target, to encode against the basis.
+struct TargetLayer {
+    /// Position in the target image.
+    index: usize,
+    bytes: TargetBytes,
+    /// The layer's DiffID, which the delta must rebuild.
+    diff_id: Digest,
+}
+
+/// Where the bytes of a [`TargetLayer`] are.
+enum TargetBytes {
+    /// Fetched and decompressed into this work file.
+    Fetched(PathBuf),
+    /// The source's layer at this position: the same DiffID.
+    SourceLayer(usize),
 }
 
 /// Encodes every changed target layer against the basis, self-checks it and
@@ -373,8 +409,8 @@ async fn fetch_all(
 /// a layer's last steps overlap the next layer's encoding.
 fn encode_all(
     dir: &Path,
-    basis_path: &Path,
-    targets: Vec<(usize, PathBuf, Digest)>,
+    (basis_path, source_lens): (&Path, &[u64]),
+    targets: Vec<TargetLayer>,
     (format, level): (Format, u32),
     builder: bru_rsync::IndexBuilder,
     progress: &dyn Progress,
@@ -391,13 +427,27 @@ fn encode_all(
     let basis_tar = engine::parse_basis(&basis);
     std::thread::scope(|s| {
         let mut finishing = Vec::new();
-        for (i, target_path, diff_id) in targets {
+        for TargetLayer {
+            index: i,
+            bytes,
+            diff_id,
+        } in targets
+        {
             let step = Step::Encode { layer: i };
-            let target_file = File::open(&target_path).map_err(DeltaError::io(&target_path))?;
-            let target = engine::map(&target_file).map_err(DeltaError::io(&target_path))?;
+            let input = match bytes {
+                TargetBytes::Fetched(path) => {
+                    let file = File::open(&path).map_err(DeltaError::io(&path))?;
+                    let map = engine::map(&file).map_err(DeltaError::io(&path))?;
+                    Input::Mapped(map, path)
+                }
+                TargetBytes::SourceLayer(j) => Input::Copy(layer_range(source_lens, j)),
+            };
             progress.event(Event::Begin {
                 step,
-                total: Some(target.len() as u64),
+                total: Some(match &input {
+                    Input::Mapped(target, _) => target.len() as u64,
+                    Input::Copy(range) => range.end - range.start,
+                }),
             });
 
             let paths = LayerPaths {
@@ -414,11 +464,18 @@ fn encode_all(
             let checking = s.spawn(move || self_check(basis_file, check_rx, i, diff_id));
             let encoded = {
                 let mut out = FanOut::new(delta_file, vec![deflate_tx, check_tx]);
-                engine::encode(&index, &basis, &basis_tar, &target, &mut out)
-                    .and_then(|stats| out.finish().map(|_| stats))
+                match &input {
+                    Input::Mapped(target, _) => {
+                        engine::encode(&index, &basis, &basis_tar, target, &mut out)
+                    }
+                    Input::Copy(range) => engine::encode_copy(range.clone(), &mut out),
+                }
+                .and_then(|stats| out.finish().map(|_| stats))
             };
-            drop(target);
-            let _ = std::fs::remove_file(&target_path);
+            if let Input::Mapped(target, path) = input {
+                drop(target);
+                let _ = std::fs::remove_file(path);
+            }
             // After a failed layer no other is started: its finisher reports why.
             let failed = encoded.is_err();
             finishing.push(s.spawn(move || {
@@ -449,6 +506,21 @@ fn encode_all(
             })
             .collect()
     })
+}
+
+/// What one layer's delta is encoded from.
+enum Input {
+    /// The target layer's bytes, mapped from this work file.
+    Mapped(memmap2::Mmap, PathBuf),
+    /// This range of the basis (a source layer with the target layer's DiffID).
+    Copy(std::ops::Range<u64>),
+}
+
+/// Where source layer `j` lies in the basis (all source layers, concatenated,
+/// of lengths `lens`).
+fn layer_range(lens: &[u64], j: usize) -> std::ops::Range<u64> {
+    let start = lens.iter().take(j).sum::<u64>();
+    start..start + lens.get(j).copied().unwrap_or(0)
 }
 
 /// The work files of one delta layer.

@@ -159,6 +159,14 @@ pub(crate) fn encode(
     Ok(total)
 }
 
+/// The delta of a target layer that is the basis range `range` (a source
+/// layer with the same DiffID): one COPY of it.
+pub(crate) fn encode_copy(range: Range<u64>, out: impl Write) -> io::Result<DeltaStats> {
+    let mut delta = bru_rsync::DeltaWriter::new(out)?;
+    delta.copy(range.start, range.end - range.start)?;
+    delta.finish_with_stats().map(|(_, stats)| stats)
+}
+
 /// Magic plus END: what every stream has besides its commands.
 const FRAMING: u64 = 5;
 

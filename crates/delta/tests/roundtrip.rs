@@ -105,6 +105,65 @@ async fn base_change_rebuilds_every_layer_above_it() {
     // The app layer is byte-identical, but its ChainID changed: it must be a delta.
     assert_eq!(info.common_prefix, 0);
     assert!(info.total_compressed_bytes < 2_000, "{info:#?}");
+    // ... of one COPY of the source's app layer (rebuilt by rdiff and the device
+    // emulation above).
+    let app = &info.layers[1];
+    assert_eq!(
+        (app.copy_commands, app.literal_commands, app.copied_bytes),
+        (Some(1), Some(0), Some(pair.source_layers[1].len() as u64)),
+        "{app:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_layer_the_source_has_is_copied_without_fetching_it() {
+    // The target moves the source's bottom layer to the top, over a new base.
+    let moved = layer(&base_files());
+    let pair = Pair::new(
+        vec![moved.clone(), layer(&app_files(1))],
+        vec![layer(&app_files(2)), moved.clone()],
+    );
+    let opts = bru_oci::RegistryOptions::default();
+    let open = |tag: &'static str| {
+        let pair = &pair;
+        let opts = &opts;
+        async move {
+            bru_oci::open_source(&pair.reference(tag), opts)
+                .await
+                .unwrap()
+        }
+    };
+    let target = Counting {
+        inner: open("target").await,
+        asked: Default::default(),
+    };
+    let delta = pair.out("delta");
+    let sink = bru_oci::open_sink(&delta, &opts).await.unwrap();
+    let info = bru_delta::create(
+        &*open("source").await,
+        &target,
+        &*sink,
+        &bru_delta::CreateOptions::default(),
+        std::sync::Arc::new(bru_delta::NoProgress),
+    )
+    .await
+    .unwrap();
+    let asked = target.asked.lock().unwrap().clone();
+    assert_eq!(asked.get(&pair.target.layers[0].digest), Some(&1));
+    assert_eq!(asked.get(&pair.target.layers[1].digest), None, "{asked:?}");
+    let top = &info.layers[1];
+    assert_eq!(
+        (top.copy_commands, top.literal_commands, top.copied_bytes),
+        (Some(1), Some(0), Some(moved.len() as u64)),
+        "{top:#?}"
+    );
+    // The COPY is of the source's first layer: offset 0 of the basis.
+    let streams = support::delta_streams(&delta).await;
+    let stream = streams[1].as_deref().unwrap();
+    let rebuilt = support::rdiff_patch(pair.dir.path(), &pair.basis(), stream);
+    assert_eq!(rebuilt, moved);
+    // And the whole delta applies.
+    check_round_trip(&pair).await;
 }
 
 /// A realistic edit of a file set.
