@@ -369,35 +369,50 @@ impl IndexBuilder {
     /// Indexes the next bytes of the basis.
     pub fn feed(&mut self, bytes: &[u8]) {
         let window = self.index.opts.window;
+        let before = self.seen;
+        self.seen += bytes.len();
         if window == 0 {
-            self.seen += bytes.len();
             return;
         }
-        // Basis position of buf[0].
-        let buf_start = self.seen - self.carry.len();
-        let mut buf = std::mem::take(&mut self.carry);
-        buf.extend_from_slice(bytes);
-        self.seen += bytes.len();
+        // The windows that start in the carry end in the first `window - 1` new bytes: they
+        // are scanned from a copy of those few bytes, the rest straight from `bytes`.
+        let head = &bytes[..bytes.len().min(window - 1)];
+        let mut joined = std::mem::take(&mut self.carry);
+        let joined_start = before - joined.len();
+        joined.extend_from_slice(head);
+        self.scan(&joined, joined_start);
+        self.scan(bytes, before);
+        if bytes.len() >= window - 1 {
+            joined.clear();
+            joined.extend_from_slice(&bytes[bytes.len() - (window - 1)..]);
+        } else {
+            // `joined` is the carry and all of `bytes`.
+            joined.drain(..joined.len().saturating_sub(window - 1));
+        }
+        self.carry = joined;
+    }
+
+    /// Indexes the complete windows of `buf`, whose first byte is at basis position `start`.
+    fn scan(&mut self, buf: &[u8], start: usize) {
+        let window = self.index.opts.window;
         // Window starts at or beyond 4 GiB - 1 - window are not indexed (as in `build`).
         let max_start = (u32::MAX as usize - 1).checked_sub(window);
         // The last window start to index, relative to buf[0]: the last complete window, and
         // none beyond `max_start`.
-        if let Some(last_start) = buf
+        let Some(last_start) = buf
             .len()
             .checked_sub(window)
-            .zip(max_start.and_then(|max| max.checked_sub(buf_start)))
+            .zip(max_start.and_then(|max| max.checked_sub(start)))
             .map(|(last_complete, last_allowed)| last_complete.min(last_allowed))
-        {
-            let (index, batch) = (&self.index, &mut self.batch);
-            index.for_each_anchor(&buf, 0..last_start + 1, |window_start, mixed| {
-                if batch.push(index.slot(mixed), entry(buf_start + window_start, mixed)) {
-                    index.insert(batch);
-                }
-            });
-        }
-        let keep = buf.len().min(window - 1);
-        buf.drain(..buf.len() - keep);
-        self.carry = buf;
+        else {
+            return;
+        };
+        let (index, batch) = (&self.index, &mut self.batch);
+        index.for_each_anchor(buf, 0..last_start + 1, |window_start, mixed| {
+            if batch.push(index.slot(mixed), entry(start + window_start, mixed)) {
+                index.insert(batch);
+            }
+        });
     }
 
     /// The index of `basis`, which must be the bytes fed; if its length differs from what was
