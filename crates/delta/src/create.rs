@@ -249,8 +249,11 @@ pub async fn create(
         let builder = indexer
             .join()
             .map_err(|_| DeltaError::Task("basis indexer panicked".into()))?;
-        let target_total = (k..dst.manifest.layers.len())
-            .map(|i| dst.manifest.layers[i].size)
+        // What was downloaded of the target: moved layers were not.
+        let target_total = targets
+            .iter()
+            .filter(|t| matches!(t.bytes, TargetBytes::Fetched(_)))
+            .map(|t| dst.manifest.layers[t.index].size)
             .sum();
         progress.event(Event::Begin {
             step: Step::FetchTarget,
