@@ -1121,6 +1121,53 @@ mod tests {
         assert!(one == run(2) && one == run(3));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// However the basis is cut into fed pieces, and whatever the thread count of the
+        /// ordinary build, both fill the same table (both scan with two lanes).
+        #[test]
+        fn streamed_index_equals_built_index_for_any_cuts(
+            seed in proptest::prelude::any::<u64>(),
+            len in 4096usize..40_000,
+            cuts in proptest::collection::vec(0usize..40_000, 0..10),
+            window in proptest::prop_oneof![
+                proptest::strategy::Just(4usize),
+                proptest::strategy::Just(13),
+                proptest::strategy::Just(32),
+            ],
+            threads in 1usize..4,
+        ) {
+            // Few distinct bytes: repeated windows, so slots are contended.
+            let basis: Vec<u8> = noise(len, seed).iter().map(|b| b % 4).collect();
+            // Small enough a table that the builder's (sized for any basis) is the one
+            // `finish` keeps instead of indexing again.
+            let opts = MatchOptions {
+                window,
+                anchor_spacing: 4,
+                max_index_bytes: 8 << 10,
+                threads,
+                ..MatchOptions::default()
+            };
+            let built = BasisIndex::new(&basis, opts.clone());
+            let mut builder = IndexBuilder::new(opts);
+            proptest::prop_assert_eq!(builder.index.table.len(), built.table.len());
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % len).collect();
+            cuts.push(0);
+            cuts.push(len);
+            cuts.sort_unstable();
+            for piece in cuts.windows(2) {
+                builder.feed(&basis[piece[0]..piece[1]]);
+            }
+            let streamed = builder.finish(&basis, &|_| {});
+            let table = |index: &BasisIndex| -> Vec<u64> {
+                index.table.iter().map(|slot| slot.load(Ordering::Relaxed)).collect()
+            };
+            proptest::prop_assert_eq!(table(&streamed), table(&built));
+            proptest::prop_assert!(table(&built).iter().any(|&entry| entry != 0));
+        }
+    }
+
     #[test]
     fn streamed_index_equals_built_index() {
         let basis = noise(3 << 20, 8);
