@@ -65,16 +65,13 @@ pub(crate) fn index_options(device: Option<DeviceCost>) -> MatchOptions {
 /// concatenated, for a device with this cost model (`None`: fewest bytes).
 pub(crate) fn start_index(
     device: Option<DeviceCost>,
-) -> (
-    std::sync::mpsc::SyncSender<Vec<u8>>,
-    std::thread::JoinHandle<IndexBuilder>,
-) {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+) -> (crate::fetch::Tee, std::thread::JoinHandle<IndexBuilder>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<crate::fetch::TeeChunk>(8);
     let opts = index_options(device);
     let handle = std::thread::spawn(move || {
         let mut builder = IndexBuilder::new(opts);
         for chunk in rx {
-            builder.feed(&chunk);
+            builder.feed(chunk.bytes());
         }
         builder
     });

@@ -54,8 +54,9 @@ pub(crate) fn copy_checked(
 /// Buffers of [`BUF`] bytes pass in order through a bounded channel and are
 /// recycled. Returns the writer and the number of bytes copied.
 ///
-/// With `tee`, the writing thread also sends a copy of every buffer there
-/// (to a basis indexer); a closed receiver is ignored.
+/// With `tee`, the writing thread then passes every buffer there (to a basis
+/// indexer), which returns it to this copy's pool when done with it; a
+/// closed receiver is ignored.
 pub(crate) fn copy_pipelined<W: Write + Send>(
     mut r: impl Read,
     mut w: W,
@@ -70,11 +71,19 @@ pub(crate) fn copy_pipelined<W: Write + Send>(
         let writer = s.spawn(move || -> io::Result<W> {
             for (buf, n) in full_rx {
                 w.write_all(&buf[..n])?;
-                if let Some(tee) = tee {
-                    let _ = tee.send(buf[..n].to_vec());
+                match tee {
+                    Some(tee) => {
+                        let _ = tee.send(TeeChunk {
+                            buf,
+                            len: n,
+                            recycle: empty_tx.clone(),
+                        });
+                    }
+                    // The reader may be gone (error or end): then the buffer is dropped.
+                    None => {
+                        let _ = empty_tx.try_send(buf);
+                    }
                 }
-                // The reader may be gone (error or end): then the buffer is dropped.
-                let _ = empty_tx.try_send(buf);
             }
             w.flush()?;
             Ok(w)
@@ -110,8 +119,29 @@ pub(crate) fn copy_pipelined<W: Write + Send>(
     })
 }
 
-/// Where a fetch sends copies of the decompressed bytes, in order.
-pub(crate) type Tee = std::sync::mpsc::SyncSender<Vec<u8>>;
+/// Where a fetch sends the decompressed bytes, in order.
+pub(crate) type Tee = std::sync::mpsc::SyncSender<TeeChunk>;
+
+/// Decompressed bytes lent to a [`Tee`]'s receiver: dropping the chunk gives
+/// its buffer back to the fetch that filled it (if that still wants it).
+pub(crate) struct TeeChunk {
+    buf: Vec<u8>,
+    len: usize,
+    recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl TeeChunk {
+    /// The bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for TeeChunk {
+    fn drop(&mut self) {
+        let _ = self.recycle.try_send(std::mem::take(&mut self.buf));
+    }
+}
 
 /// Streams layer `index` of `src`, decompresses it and appends the tar to
 /// `out`, checking that it hashes to `diff_id`. Returns the file and the
