@@ -566,10 +566,17 @@ impl HintIndex {
         self.chain_head.resize(1 << self.bucket_bits, u32::MAX);
         self.chain_next.clear();
         self.chain_next.resize(samples, u32::MAX);
-        for sample in 0..samples {
-            let offset = sample * self.stride;
-            let bucket = hash_short(&range[offset..offset + hint_window], self.bucket_bits);
-            self.chain_next[sample] = self.chain_head[bucket];
+        // Two passes: the buckets first (independent hashes, in `chain_next`), then the
+        // links, whose random accesses to `chain_head` no longer wait behind the hashing.
+        let stride = self.stride;
+        let bucket_bits = self.bucket_bits;
+        for (sample, next) in self.chain_next.iter_mut().enumerate() {
+            let offset = sample * stride;
+            *next = hash_short(&range[offset..offset + hint_window], bucket_bits) as u32;
+        }
+        for (sample, next) in self.chain_next.iter_mut().enumerate() {
+            let bucket = *next as usize;
+            *next = self.chain_head[bucket];
             self.chain_head[bucket] = sample as u32;
         }
     }
