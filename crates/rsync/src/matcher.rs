@@ -88,28 +88,20 @@ impl Roll {
     }
 }
 
-/// One rolling hash walking the window starts of a byte slice.
-struct Lane {
-    roll: Roll,
-    /// The window start `roll` hashes.
-    pos: usize,
-}
-
-impl Lane {
-    /// A lane at window start `pos` of `bytes` (which must hold that window).
-    fn new(bytes: &[u8], pos: usize, window: usize) -> Self {
-        let mut roll = Roll::new(window);
-        roll.reset(&bytes[pos..pos + window]);
-        Lane { roll, pos }
+impl Roll {
+    /// `(byte + 1) · out_factor` for every byte: the term a roll step subtracts, looked up
+    /// instead of multiplied where every position is rolled.
+    fn out_terms(&self) -> [u64; 256] {
+        std::array::from_fn(|byte| (byte as u64 + 1).wrapping_mul(self.out_factor))
     }
 
-    /// Moves to the next window start; the hash is only valid while that window fits in
-    /// `bytes`.
-    fn advance(&mut self, bytes: &[u8], window: usize) {
-        if let Some(&incoming) = bytes.get(self.pos + window) {
-            self.roll.roll(bytes[self.pos], incoming);
-        }
-        self.pos += 1;
+    /// [`Roll::roll`] with the outgoing byte's term from [`Roll::out_terms`].
+    fn roll_term(&mut self, out_term: u64, incoming: u8) {
+        self.hash = self
+            .hash
+            .wrapping_sub(out_term)
+            .wrapping_mul(MUL)
+            .wrapping_add(u64::from(incoming) + 1);
     }
 }
 
@@ -240,28 +232,52 @@ impl<'a> BasisIndex<'a> {
         if starts.is_empty() {
             return;
         }
+        // An anchor's mixed hash has its top `anchor_bits` clear.
+        let anchor_max = u64::MAX >> self.anchor_bits;
         let half = starts.len() / 2;
-        let mut lanes = [
-            Lane::new(bytes, starts.start, window),
-            Lane::new(bytes, starts.start + half, window),
-        ];
-        for _ in 0..half {
-            for lane in &mut lanes {
-                let mixed = lane.roll.mixed();
-                if self.is_anchor(mixed) {
-                    visit(lane.pos, mixed);
-                }
-                lane.advance(bytes, window);
+        let (a, b) = (starts.start, starts.start + half);
+        let mut roll_a = Roll::new(window);
+        let out_terms = roll_a.out_terms();
+        let mut roll_b = roll_a;
+        roll_a.reset(&bytes[a..a + window]);
+        roll_b.reset(&bytes[b..b + window]);
+        // Both lanes step `steps` times with a next window that is complete, so the bytes
+        // leaving and entering are plain slices (no bounds checks in the loop).
+        let steps = half.saturating_sub(1);
+        let lane_a = bytes[a..a + steps]
+            .iter()
+            .zip(&bytes[a + window..a + window + steps]);
+        let lane_b = bytes[b..b + steps]
+            .iter()
+            .zip(&bytes[b + window..b + window + steps]);
+        for (i, ((&out_a, &in_a), (&out_b, &in_b))) in lane_a.zip(lane_b).enumerate() {
+            let mixed_a = roll_a.mixed();
+            if mixed_a <= anchor_max {
+                visit(a + i, mixed_a);
+            }
+            let mixed_b = roll_b.mixed();
+            if mixed_b <= anchor_max {
+                visit(b + i, mixed_b);
+            }
+            roll_a.roll_term(out_terms[usize::from(out_a)], in_a);
+            roll_b.roll_term(out_terms[usize::from(out_b)], in_b);
+        }
+        // The first lane's last start (none when the range has one start), then the rest of
+        // the second lane (one start more than the first when their count is odd).
+        if half > 0 {
+            let mixed = roll_a.mixed();
+            if mixed <= anchor_max {
+                visit(a + steps, mixed);
             }
         }
-        // The second lane has one start more when their count is odd.
-        let [_, mut last] = lanes;
-        while last.pos < starts.end {
-            let mixed = last.roll.mixed();
-            if self.is_anchor(mixed) {
-                visit(last.pos, mixed);
+        for pos in b + steps..starts.end {
+            let mixed = roll_b.mixed();
+            if mixed <= anchor_max {
+                visit(pos, mixed);
             }
-            last.advance(bytes, window);
+            if let Some(&incoming) = bytes.get(pos + window) {
+                roll_b.roll_term(out_terms[usize::from(bytes[pos])], incoming);
+            }
         }
     }
 
