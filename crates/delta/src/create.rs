@@ -717,6 +717,17 @@ mod tests {
     }
 
     #[test]
+    fn a_source_layer_lies_after_the_ones_below_it_in_the_basis() {
+        let lens = [1024, 2048, 512];
+        assert_eq!(layer_range(&lens, 0), 0..1024);
+        assert_eq!(layer_range(&lens, 1), 1024..3072);
+        assert_eq!(layer_range(&lens, 2), 3072..3584);
+        // Past the last layer: an empty range at the end (whose COPY-less delta the
+        // self-check then refuses), never a panic.
+        assert_eq!(layer_range(&lens, 3), 3584..3584);
+    }
+
+    #[test]
     fn a_full_disk_under_the_compressor_is_reported_not_the_broken_pipe_it_caused() {
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(dir.path());
