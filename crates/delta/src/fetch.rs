@@ -310,3 +310,57 @@ pub(crate) async fn two_images(
 ) -> Result<(PulledImage, PulledImage), DeltaError> {
     tokio::try_join!(read_image(a, a_role), read_image(b, b_role))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lent_chunk_shows_its_bytes_and_returns_its_buffer_when_dropped() {
+        let (recycle, pool) = std::sync::mpsc::sync_channel(1);
+        let chunk = TeeChunk {
+            buf: b"abcdef".to_vec(),
+            len: 4,
+            recycle,
+        };
+        assert_eq!(chunk.bytes(), b"abcd");
+        assert!(pool.try_recv().is_err(), "returned before it was dropped");
+        drop(chunk);
+        assert_eq!(pool.try_recv().unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn a_chunk_outliving_its_fetch_is_simply_freed() {
+        let (recycle, pool) = std::sync::mpsc::sync_channel(1);
+        drop(pool);
+        drop(TeeChunk {
+            buf: vec![0; 16],
+            len: 16,
+            recycle,
+        });
+    }
+
+    #[test]
+    fn the_indexer_gets_every_byte_in_order_and_the_file_too() {
+        let data = bru_test_support::noise(5, 3 * BUF + 1234);
+        let (tee, chunks) = std::sync::mpsc::sync_channel::<TeeChunk>(64);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let (file, n) = copy_pipelined(
+            &data[..],
+            std::fs::File::create(&path).unwrap(),
+            Some(&tee),
+            (Role::Source, 0),
+            &path,
+        )
+        .unwrap();
+        drop((file, tee));
+        assert_eq!(n, data.len() as u64);
+        let teed: Vec<u8> = chunks.iter().flat_map(|c| c.bytes().to_vec()).collect();
+        assert!(teed == data, "the indexer saw other bytes");
+        assert!(
+            std::fs::read(&path).unwrap() == data,
+            "the file holds other bytes"
+        );
+    }
+}
