@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bru_delta::Bandwidth;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -240,19 +240,7 @@ impl Store for PostgresStore {
             .timed(async {
                 let mut c = self.pool.get().await?;
                 let tx = c.transaction().await?;
-                execute(
-                    &tx,
-                    &format!(
-                        "INSERT INTO fleets (name, created_at) VALUES ($1, {NOW})
-                         ON CONFLICT (name) DO NOTHING"
-                    ),
-                    &[&fleet],
-                )
-                .await?;
-                let fleet_id: i64 =
-                    query_one(&tx, "SELECT id FROM fleets WHERE name = $1", &[&fleet])
-                        .await?
-                        .try_get(0)?;
+                let fleet_id = fleet_id(&tx, fleet).await?;
                 let release_id: i64 = match query_one(
                     &tx,
                     &format!(
@@ -273,36 +261,7 @@ impl Store for PostgresStore {
                     Err(e) => return Err(e.into()),
                 };
                 for image in &images {
-                    execute(
-                        &tx,
-                        "INSERT INTO services (fleet, service_name) VALUES ($1, $2)
-                         ON CONFLICT (fleet, service_name) DO NOTHING",
-                        &[&fleet_id, &image.service_name],
-                    )
-                    .await?;
-                    let service_id: i64 = query_one(
-                        &tx,
-                        "SELECT id FROM services WHERE fleet = $1 AND service_name = $2",
-                        &[&fleet_id, &image.service_name],
-                    )
-                    .await?
-                    .try_get(0)?;
-                    let image_id: i64 = query_one(
-                        &tx,
-                        &format!(
-                            "INSERT INTO images (service, location, content_hash, image_size,
-                                                     status, created_at)
-                                 VALUES ($1, $2, $3, $4, 'success', {NOW}) RETURNING id"
-                        ),
-                        &[
-                            &service_id,
-                            &image.location,
-                            &image.content_hash,
-                            &key(image.image_size),
-                        ],
-                    )
-                    .await?
-                    .try_get(0)?;
+                    let image_id = insert_image(&tx, fleet_id, image).await?;
                     execute(
                         &tx,
                         "INSERT INTO release_images (release, image) VALUES ($1, $2)",
@@ -388,43 +347,8 @@ impl Store for PostgresStore {
                 if let Some(row) = found {
                     return Ok(row.try_get::<_, i64>(0)?);
                 }
-                execute(
-                    &tx,
-                    &format!(
-                        "INSERT INTO fleets (name, created_at) VALUES ($1, {NOW})
-                         ON CONFLICT (name) DO NOTHING"
-                    ),
-                    &[&fleet],
-                )
-                .await?;
-                execute(
-                    &tx,
-                    "INSERT INTO services (fleet, service_name)
-                     SELECT id, $2 FROM fleets WHERE name = $1
-                     ON CONFLICT (fleet, service_name) DO NOTHING",
-                    &[&fleet, &image.service_name],
-                )
-                .await?;
-                let new_id: i64 = query_one(
-                    &tx,
-                    &format!(
-                        "INSERT INTO images (service, location, content_hash, image_size,
-                                                 status, created_at)
-                             SELECT services.id, $3, $4, $5, 'success', {NOW} FROM services
-                             JOIN fleets ON fleets.id = services.fleet
-                             WHERE fleets.name = $1 AND services.service_name = $2
-                             RETURNING id"
-                    ),
-                    &[
-                        &fleet,
-                        &image.service_name,
-                        &image.location,
-                        &image.content_hash,
-                        &key(image.image_size),
-                    ],
-                )
-                .await?
-                .try_get(0)?;
+                let fleet_id = fleet_id(&tx, fleet).await?;
+                let new_id = insert_image(&tx, fleet_id, &image).await?;
                 tx.commit().await?;
                 Ok(new_id)
             })
@@ -757,4 +681,58 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
+
+/// The id of fleet `name`, recorded first if it is new.
+async fn fleet_id(c: &impl GenericClient, name: &str) -> Result<i64, tokio_postgres::Error> {
+    execute(
+        c,
+        &format!(
+            "INSERT INTO fleets (name, created_at) VALUES ($1, {NOW})
+             ON CONFLICT (name) DO NOTHING"
+        ),
+        &[&name],
+    )
+    .await?;
+    query_one(c, "SELECT id FROM fleets WHERE name = $1", &[&name])
+        .await?
+        .try_get(0)
+}
+
+/// Records `image` as a successful image of its service in fleet `fleet_id` (the service
+/// is recorded first if it is new); returns the image's id.
+async fn insert_image(
+    c: &impl GenericClient,
+    fleet_id: i64,
+    image: &NewImage,
+) -> Result<i64, tokio_postgres::Error> {
+    execute(
+        c,
+        "INSERT INTO services (fleet, service_name) VALUES ($1, $2)
+         ON CONFLICT (fleet, service_name) DO NOTHING",
+        &[&fleet_id, &image.service_name],
+    )
+    .await?;
+    let service_id: i64 = query_one(
+        c,
+        "SELECT id FROM services WHERE fleet = $1 AND service_name = $2",
+        &[&fleet_id, &image.service_name],
+    )
+    .await?
+    .try_get(0)?;
+    query_one(
+        c,
+        &format!(
+            "INSERT INTO images (service, location, content_hash, image_size, status, created_at)
+             VALUES ($1, $2, $3, $4, 'success', {NOW}) RETURNING id"
+        ),
+        &[
+            &service_id,
+            &image.location,
+            &image.content_hash,
+            &key(image.image_size),
+        ],
+    )
+    .await?
+    .try_get(0)
 }
