@@ -406,10 +406,10 @@ enum TargetBytes {
 ///
 /// While a layer is encoded its delta bytes stream to two threads: one
 /// compresses them (see [`gzlayer`]: gzip no longer waits for the delta's
-/// length) and one applies them to the basis and hashes the result. The
-/// compressor is single-threaded, so that the blob's bytes do not depend on
-/// any thread count; both overlap the matching instead of following it, and
-/// a layer's last steps overlap the next layer's encoding.
+/// length; it deflates fixed-size blocks on several threads, so the blob's
+/// bytes do not depend on any thread count) and one applies them to the basis
+/// and hashes the result. Both overlap the matching instead of following it,
+/// and a layer's last steps overlap the next layer's encoding.
 fn encode_all(
     dir: &Path,
     (basis_path, source_lens): (&Path, &[u64]),
@@ -418,17 +418,21 @@ fn encode_all(
     builder: bru_rsync::IndexBuilder,
     progress: &dyn Progress,
 ) -> Result<Vec<LayerBlob>, DeltaError> {
-    let basis_file = File::open(basis_path).map_err(DeltaError::io(basis_path))?;
+    let basis_file = Arc::new(File::open(basis_path).map_err(DeltaError::io(basis_path))?);
     let basis = engine::map(&basis_file).map_err(DeltaError::io(basis_path))?;
-    progress.event(Event::Begin {
-        step: Step::Index,
-        total: Some(basis.len() as u64),
-    });
-    let index = engine::index_streamed(&basis, builder);
-    progress.event(Event::End { step: Step::Index });
-
-    let basis_tar = engine::parse_basis(&basis);
+    // From here on the basis is reached only through these handles. Unlinked now, its
+    // blocks are freed when the last handle goes (after the last layer is matched and
+    // checked), beside the last layer's compression instead of after it: freeing the
+    // 1.6 GB basis of the large pair took 0.13 s.
+    let _ = std::fs::remove_file(basis_path);
     std::thread::scope(|s| {
+        progress.event(Event::Begin {
+            step: Step::Index,
+            total: Some(basis.len() as u64),
+        });
+        let index = engine::index_streamed(&basis, builder);
+        progress.event(Event::End { step: Step::Index });
+        let basis_tar = engine::parse_basis(&basis);
         let mut finishing = Vec::new();
         for TargetLayer {
             index: i,
@@ -463,8 +467,8 @@ fn encode_all(
             let (check_tx, check_rx) = sync_channel(fanout::DEPTH);
             let body_path = paths.body.clone();
             let deflating = s.spawn(move || gzlayer::deflate_body(deflate_rx, level, &body_path));
-            let basis_file = &basis_file;
-            let checking = s.spawn(move || self_check(basis_file, check_rx, i, diff_id));
+            let basis_file = Arc::clone(&basis_file);
+            let checking = s.spawn(move || self_check(&basis_file, check_rx, i, diff_id));
             let encoded = {
                 let mut out = FanOut::new(delta_file, vec![deflate_tx, check_tx]);
                 match &input {
@@ -501,6 +505,10 @@ fn encode_all(
                 break;
             }
         }
+        drop(index);
+        drop(basis_tar);
+        drop(basis);
+        drop(basis_file);
         finishing
             .into_iter()
             .map(|h| {

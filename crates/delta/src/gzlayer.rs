@@ -5,8 +5,8 @@
 //! therefore had to wait for the whole delta, and the last layer's gzip ran alone after the
 //! matcher, one core idle. Deflate allows better: after a *full flush* the compressed stream
 //! is byte-aligned and nothing after it refers back past it. So the body (the delta, then the
-//! tar's padding and end-of-archive blocks) is deflated as a raw stream of its own on a
-//! thread, as the encoder produces it; at the end the header is deflated and closed with a
+//! tar's padding and end-of-archive blocks) is deflated as a raw stream of its own, in
+//! blocks on several threads ([`crate::blockdeflate`]), as the encoder produces it; at the end the header is deflated and closed with a
 //! full flush, and the blob is
 //!
 //! `gzip header ‖ deflate(tar header, full flush) ‖ deflate(body, final block) ‖ CRC-32 ‖ length`
@@ -22,9 +22,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use bru_oci::Digest;
-use flate2::write::DeflateEncoder;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
+use crate::blockdeflate::BlockDeflater;
 use crate::hashio::HashWriter;
 use crate::layer::delta_tar_frame;
 
@@ -54,7 +54,8 @@ pub(crate) fn deflate_body(
         out.flush()?;
         written
     } else {
-        let mut out = DeflateEncoder::new(file, Compression::new(level.min(9)));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let mut out = BlockDeflater::new(file, level, threads);
         let written = write_body(&mut out, chunks)?;
         out.finish()?.flush()?;
         written
@@ -254,7 +255,8 @@ mod tests {
 
     #[test]
     fn an_independent_gzip_reads_the_blob() {
-        let delta = noise(1 << 20, 3);
+        // Several of the compressor's blocks (see `blockdeflate`), each cut a sync flush.
+        let delta = noise(3 << 20, 3);
         let (bytes, _) = blob_of(&delta, 4096, 6);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("layer.gz");

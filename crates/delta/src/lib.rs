@@ -36,6 +36,7 @@
 
 mod apply;
 mod basis;
+mod blockdeflate;
 mod chain;
 pub mod config;
 mod create;
