@@ -295,3 +295,43 @@ fn apply_max_output_bytes_bounds_the_rebuilt_bytes() {
     assert!(r.stderr.contains("unknown unit"), "{}", r.stderr);
     assert!(!im.dir.path().join("bad").exists());
 }
+
+#[test]
+fn a_moved_layer_names_the_source_layer_it_copies() {
+    // The target puts the source's base layer on top of a new one.
+    let dir = tempfile::tempdir().unwrap();
+    let oci_dir = OciDir::create(dir.path().join("images")).unwrap();
+    let base = tar_of(&[
+        ("etc/os-release", b"ID=balena\n"),
+        ("bin/tool", &[7u8; 40_000]),
+    ]);
+    let app = tar_of(&[("app/index.js", b"console.log(1);\n")]);
+    let fresh = tar_of(&[("etc/new", b"a new bottom layer\n")]);
+    oci_dir
+        .write_image("v1", &ImageSpec::new(vec![base.clone(), app]))
+        .unwrap();
+    oci_dir
+        .write_image("v2", &ImageSpec::new(vec![fresh, base]))
+        .unwrap();
+    let created = json(&run(&[
+        "delta",
+        "create",
+        "--source",
+        &oci(dir.path(), "images", "v1"),
+        "--target",
+        &oci(dir.path(), "images", "v2"),
+        "--output",
+        &oci(dir.path(), "delta", "d"),
+    ]));
+    let layers = created["layers"].as_array().unwrap();
+    assert!(layers[0].get("copies_source_layer").is_none(), "{created}");
+    let moved = layers[1].as_object().unwrap();
+    assert_eq!(moved["copies_source_layer"], 0, "{created}");
+    assert_eq!(moved["copy_commands"], 1);
+    assert_eq!(moved["literal_commands"], 0);
+    // The field comes last: the order of the others is unchanged.
+    assert_eq!(
+        moved.keys().last().map(String::as_str),
+        Some("copies_source_layer")
+    );
+}

@@ -77,6 +77,11 @@ pub struct LayerInfo {
     /// LITERAL commands of the delta stream (when just built).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub literal_commands: Option<u64>,
+    /// The source layer (index) this target layer is, moved to another position or above
+    /// other layers (same DiffID; when just built). Its delta is one COPY of that layer:
+    /// the blob is tiny, and a device rebuilds the layer by reading the one it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copies_source_layer: Option<usize>,
 }
 
 impl LayerInfo {
@@ -93,6 +98,7 @@ impl LayerInfo {
             literal_bytes: None,
             copy_commands: None,
             literal_commands: None,
+            copies_source_layer: None,
         }
     }
 }
@@ -441,6 +447,10 @@ fn encode_all(
         } in targets
         {
             let step = Step::Encode { layer: i };
+            let copies = match bytes {
+                TargetBytes::SourceLayer(j) => Some(j),
+                TargetBytes::Fetched(_) => None,
+            };
             let input = match bytes {
                 TargetBytes::Fetched(path) => {
                     let file = File::open(&path).map_err(DeltaError::io(&path))?;
@@ -495,7 +505,10 @@ fn encode_all(
                         .join()
                         .unwrap_or_else(|_| Err(DeltaError::Task("self-check panicked".into()))),
                 };
-                let r = finish_layer(i, streams, &paths, format, level);
+                let r = finish_layer(i, streams, &paths, format, level).map(|mut blob| {
+                    blob.info.copies_source_layer = copies;
+                    blob
+                });
                 let _ = std::fs::remove_file(&paths.delta);
                 let _ = std::fs::remove_file(&paths.body);
                 progress.event(Event::End { step });
@@ -637,6 +650,7 @@ fn finish_layer(
             literal_bytes: Some(stats.literal_bytes),
             copy_commands: Some(stats.copy_ops),
             literal_commands: Some(stats.literal_ops),
+            copies_source_layer: None,
         },
         desc,
         diff_id: blob.diff_id,

@@ -113,6 +113,9 @@ async fn base_change_rebuilds_every_layer_above_it() {
         (Some(1), Some(0), Some(pair.source_layers[1].len() as u64)),
         "{app:#?}"
     );
+    // The build names the source layer it is.
+    assert_eq!(app.copies_source_layer, Some(1));
+    assert_eq!(info.layers[0].copies_source_layer, None);
 }
 
 #[tokio::test]
@@ -157,6 +160,8 @@ async fn a_layer_the_source_has_is_copied_without_fetching_it() {
         (Some(1), Some(0), Some(moved.len() as u64)),
         "{top:#?}"
     );
+    assert_eq!(top.copies_source_layer, Some(0), "{top:#?}");
+    assert_eq!(info.layers[0].copies_source_layer, None);
     // The COPY is of the source's first layer: offset 0 of the basis.
     let streams = support::delta_streams(&delta).await;
     let stream = streams[1].as_deref().unwrap();
