@@ -331,7 +331,7 @@ fn a_moved_layer_names_the_source_layer_it_copies() {
     assert_eq!(moved["literal_commands"], 0);
     // The field comes last: the order of the others is unchanged.
     assert_eq!(
-        moved.keys().last().map(String::as_str),
+        moved.keys().next_back().map(String::as_str),
         Some("copies_source_layer")
     );
 }
