@@ -22,6 +22,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use bru_oci::Digest;
+use flate2::read::GzDecoder;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 use crate::blockdeflate::BlockDeflater;
@@ -97,12 +98,11 @@ pub(crate) struct Blob {
 }
 
 /// Writes the layer blob at `path` from the `body` written by [`deflate_body`] at the same
-/// `level` and the `delta` file holding the same delta bytes (read again for the DiffID, which
-/// hashes the tar header first). Removes the body file.
+/// `level` and the `delta` file holding the same delta bytes, then checks the blob (see
+/// [`inflated_diff_id`]). Removes the body file.
 pub(crate) fn assemble(path: &Path, level: u32, body: Body, delta: &Path) -> io::Result<Blob> {
     let (header, tail) = delta_tar_frame(body.delta_len)?;
     let mut blob = HashWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?));
-    let mut diff = HashWriter::new(io::sink());
     if level == 0 {
         blob.write_all(&header)?;
     } else {
@@ -125,19 +125,7 @@ pub(crate) fn assemble(path: &Path, level: u32, body: Body, delta: &Path) -> io:
     let diff_id = if level == 0 {
         digest.clone()
     } else {
-        diff.write_all(&header)?;
-        let copied = io::copy(&mut File::open(delta)?.take(body.delta_len + 1), &mut diff)?;
-        if copied != body.delta_len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "delta file holds {copied} bytes, {} were compressed",
-                    body.delta_len
-                ),
-            ));
-        }
-        diff.write_all(&tail)?;
-        diff.finish().1
+        inflated_diff_id(path, &header, (delta, body.delta_len), &tail)?
     };
     Ok(Blob {
         digest,
@@ -145,6 +133,75 @@ pub(crate) fn assemble(path: &Path, level: u32, body: Body, delta: &Path) -> io:
         diff_id,
         delta_len: body.delta_len,
     })
+}
+
+/// Inflates the blob at `path` as a device will, checks that it is one gzip member holding
+/// exactly the delta tar (`header`, the `delta` file's first `len` bytes, `tail`; its CRC-32
+/// and length are checked by the inflater), and returns the tar's sha256: the DiffID. The
+/// matcher's output is self-checked against the target elsewhere; this checks the
+/// compression of it, so that a blob a device cannot inflate to this layer is never
+/// published. It costs one inflate of the layer (a few % of a build).
+fn inflated_diff_id(
+    path: &Path,
+    header: &[u8],
+    (delta, len): (&Path, u64),
+    tail: &[u8],
+) -> io::Result<Digest> {
+    let differs = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut expected = io::BufReader::with_capacity(
+        1 << 16,
+        header.chain(File::open(delta)?.take(len)).chain(tail),
+    );
+    let mut inflater = GzDecoder::new(io::BufReader::with_capacity(1 << 16, File::open(path)?));
+    let mut diff = HashWriter::new(io::sink());
+    let (mut got, mut want) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let mut at = 0u64;
+    loop {
+        let n = inflater.read(&mut got)?;
+        if n == 0 {
+            break;
+        }
+        let m = read_full(&mut expected, &mut want[..n])?;
+        if got[..m] != want[..m] || m < n {
+            let off = at
+                + got[..n]
+                    .iter()
+                    .zip(&want[..m])
+                    .take_while(|(a, b)| a == b)
+                    .count() as u64;
+            return Err(differs(format!(
+                "the compressed layer inflates to other bytes than its delta tar from byte {off}                  (the delta file holds {len} bytes?)"
+            )));
+        }
+        diff.write_all(&got[..n])?;
+        at += n as u64;
+    }
+    if read_full(&mut expected, &mut want[..1])? != 0 {
+        return Err(differs(format!(
+            "the compressed layer inflates to {at} bytes, its delta tar is longer"
+        )));
+    }
+    let mut rest = inflater.into_inner();
+    if rest.read(&mut got[..1])? != 0 {
+        return Err(differs(
+            "bytes after the compressed layer's gzip member".into(),
+        ));
+    }
+    Ok(diff.finish().1)
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// A gzip member header without name, comment or timestamp.
@@ -180,7 +237,6 @@ fn deflate_flushed(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::layer::write_delta_tar;
-    use flate2::read::GzDecoder;
     use std::sync::mpsc::sync_channel;
 
     /// Noise with text-like runs between: both literal and matched deflate blocks.
@@ -303,5 +359,53 @@ mod tests {
         let err =
             assemble(&dir.path().join("blob"), 6, body, &dir.path().join("delta")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn a_body_that_does_not_inflate_to_the_delta_is_refused() {
+        let delta = noise(200_000, 21);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("delta"), &delta).unwrap();
+        for flip in [0usize, 1000, 50_000] {
+            let (tx, rx) = sync_channel(1);
+            tx.send(Arc::from(&delta[..])).unwrap();
+            drop(tx);
+            let body_path = dir.path().join("body");
+            let body = deflate_body(rx, 6, &body_path).unwrap();
+            let mut bytes = std::fs::read(&body_path).unwrap();
+            let at = flip.min(bytes.len() - 1);
+            bytes[at] ^= 0x10;
+            std::fs::write(&body_path, bytes).unwrap();
+            let blob = dir.path().join("blob");
+            let err = assemble(&blob, 6, body, &dir.path().join("delta"))
+                .expect_err("a corrupt body was published");
+            assert!(
+                matches!(
+                    err.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+                ),
+                "byte {at}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delta_file_with_other_bytes_is_refused() {
+        let delta = noise(100_000, 23);
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = sync_channel(1);
+        tx.send(Arc::from(&delta[..])).unwrap();
+        drop(tx);
+        let body = deflate_body(rx, 6, &dir.path().join("body")).unwrap();
+        let mut other = delta.clone();
+        other[77_777] ^= 1;
+        std::fs::write(dir.path().join("delta"), other).unwrap();
+        let err =
+            assemble(&dir.path().join("blob"), 6, body, &dir.path().join("delta")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains(&format!("byte {}", 512 + 77_777)),
+            "{err}"
+        );
     }
 }
