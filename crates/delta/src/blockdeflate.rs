@@ -58,13 +58,14 @@ pub(crate) struct BlockDeflater<W: Write> {
 }
 
 impl<W: Write> BlockDeflater<W> {
-    /// Deflates at `level` (1–9) with `threads` compressing threads (at least one).
-    pub(crate) fn new(out: W, level: u32, threads: usize) -> Self {
+    /// Deflates at `level` (1–9) with `threads` compressing threads (at least one). Fails
+    /// only when the system cannot start a thread.
+    pub(crate) fn new(out: W, level: u32, threads: usize) -> io::Result<Self> {
         Self::with_block(out, level, threads, BLOCK)
     }
 
     /// As [`new`](Self::new), with blocks of `block` bytes (tests cut small streams).
-    fn with_block(out: W, level: u32, threads: usize, block: usize) -> Self {
+    fn with_block(out: W, level: u32, threads: usize, block: usize) -> io::Result<Self> {
         let threads = threads.max(1);
         let block = block.max(1);
         let (jobs, queue) = sync_channel::<Job>(threads);
@@ -73,10 +74,12 @@ impl<W: Write> BlockDeflater<W> {
         let workers = (0..threads)
             .map(|_| {
                 let queue = Arc::clone(&queue);
-                std::thread::spawn(move || work(&queue, level))
+                std::thread::Builder::new()
+                    .name("deflate".into())
+                    .spawn(move || work(&queue, level))
             })
-            .collect();
-        BlockDeflater {
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(BlockDeflater {
             out: Some(out),
             block: Vec::with_capacity(block),
             block_len: block,
@@ -85,7 +88,7 @@ impl<W: Write> BlockDeflater<W> {
             pending: VecDeque::new(),
             workers,
             depth: 2 * threads + 1,
-        }
+        })
     }
 
     /// Compresses what is left, ends the stream and returns the inner writer.
@@ -240,7 +243,7 @@ mod tests {
     }
 
     fn compress(data: &[u8], piece: usize, threads: usize, block: usize) -> Vec<u8> {
-        let mut d = BlockDeflater::with_block(Vec::new(), 9, threads, block);
+        let mut d = BlockDeflater::with_block(Vec::new(), 9, threads, block).unwrap();
         for p in data.chunks(piece.max(1)) {
             d.write_all(p).unwrap();
         }
@@ -323,7 +326,7 @@ mod tests {
             }
         }
         let data = mixed(4 * 4096, 3);
-        let mut d = BlockDeflater::with_block(Full, 6, 2, 4096);
+        let mut d = BlockDeflater::with_block(Full, 6, 2, 4096).unwrap();
         let mut err = None;
         for p in data.chunks(1000) {
             if let Err(e) = d.write_all(p) {

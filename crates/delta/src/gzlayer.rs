@@ -56,7 +56,7 @@ pub(crate) fn deflate_body(
         written
     } else {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-        let mut out = BlockDeflater::new(file, level, threads);
+        let mut out = BlockDeflater::new(file, level, threads)?;
         let written = write_body(&mut out, chunks)?;
         out.finish()?.flush()?;
         written
