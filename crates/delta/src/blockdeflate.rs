@@ -231,17 +231,6 @@ mod tests {
     use proptest::prelude::*;
     use std::io::Read;
 
-    /// Noise with text-like runs between: both literal and matched deflate blocks.
-    fn mixed(len: usize, seed: u64) -> Vec<u8> {
-        let mut v = bru_test_support::noise(seed, len);
-        for (i, b) in v.iter_mut().enumerate() {
-            if (i / 3000) % 3 == 1 {
-                *b = b"block deflate "[i % 14];
-            }
-        }
-        v
-    }
-
     fn compress(data: &[u8], piece: usize, threads: usize, block: usize) -> Vec<u8> {
         let mut d = BlockDeflater::with_block(Vec::new(), 9, threads, block).unwrap();
         for p in data.chunks(piece.max(1)) {
@@ -268,7 +257,7 @@ mod tests {
             BLOCK + 1,
             3 * BLOCK + 12_345,
         ] {
-            let data = mixed(len, len as u64);
+            let data = bru_test_support::half_compressible(len as u64, len);
             let raw = compress(&data, 65_537, 2, BLOCK);
             assert!(inflate(&raw) == data, "len {len}: other bytes back");
         }
@@ -276,7 +265,7 @@ mod tests {
 
     #[test]
     fn threads_and_pieces_do_not_change_the_bytes() {
-        let data = mixed(2 * BLOCK + 777, 5);
+        let data = bru_test_support::half_compressible(5, 2 * BLOCK + 777);
         let a = compress(&data, 1 << 16, 1, BLOCK);
         let b = compress(&data, 4093, 2, BLOCK);
         let c = compress(&data, BLOCK + 3, 5, BLOCK);
@@ -298,7 +287,7 @@ mod tests {
     #[test]
     fn a_deflate_of_its_own_inflates_back_the_same() {
         // The independent check: the whole stream is what one deflate call would give back.
-        let data = mixed(BLOCK + BLOCK / 2, 17);
+        let data = bru_test_support::half_compressible(17, BLOCK + BLOCK / 2);
         let raw = compress(&data, 100_000, 2, BLOCK);
         let mut whole = Vec::new();
         flate2::write::DeflateEncoder::new(&mut whole, Compression::new(9))
@@ -325,7 +314,7 @@ mod tests {
                 Ok(())
             }
         }
-        let data = mixed(4 * 4096, 3);
+        let data = bru_test_support::half_compressible(3, 4 * 4096);
         let mut d = BlockDeflater::with_block(Full, 6, 2, 4096).unwrap();
         let mut err = None;
         for p in data.chunks(1000) {

@@ -167,6 +167,18 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// `len` deterministic bytes from `seed` that alternate 4 KiB of [`noise`] with 4 KiB of a
+/// repeated phrase: a compressor meets both stored-like and well-matched stretches.
+pub fn half_compressible(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = noise(seed, len);
+    for (i, b) in v.iter_mut().enumerate() {
+        if (i / 4096) % 2 == 1 {
+            *b = b"delta layer "[i % 12];
+        }
+    }
+    v
+}
+
 /// Copies the image `from` to `to` (any references [`bru_oci::ImageReference`] parses), blob
 /// by blob, keeping the manifest bytes.
 ///
