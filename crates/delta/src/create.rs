@@ -16,7 +16,7 @@ use crate::config::delta_config;
 use crate::error::{blocking, DeltaError, Role};
 use crate::fanout::{self, ChannelReader, FanOut};
 use crate::fetch::{fetch_layer, two_images};
-use crate::hashio::{write_on_thread, HashWriter};
+use crate::hashio::{write_on_thread, CompareWriter, HashWriter};
 use crate::layer::{EMPTY_TAR, EMPTY_TAR_DIFF_ID};
 use crate::manifest::{manifest_bytes, Format};
 use crate::progress::{Event, Progress, Step};
@@ -211,15 +211,14 @@ pub async fn create(
         let fetch_targets = async {
             let mut targets = Vec::new();
             for i in k..dst.manifest.layers.len() {
-                let diff_id = dst.config.diff_ids[i].clone();
+                let diff_id = &dst.config.diff_ids[i];
                 // A layer the source has too (moved up or down the stack) is not
                 // fetched: its delta copies the source's layer, whose bytes the
                 // basis fetch verifies against this same DiffID.
-                if let Some(j) = src.config.diff_ids.iter().position(|d| *d == diff_id) {
+                if let Some(j) = src.config.diff_ids.iter().position(|d| d == diff_id) {
                     targets.push(TargetLayer {
                         index: i,
                         bytes: TargetBytes::SourceLayer(j),
-                        diff_id,
                     });
                     continue;
                 }
@@ -237,7 +236,6 @@ pub async fn create(
                 targets.push(TargetLayer {
                     index: i,
                     bytes: TargetBytes::Fetched(path),
-                    diff_id,
                 });
             }
             Ok::<_, DeltaError>(targets)
@@ -394,9 +392,8 @@ async fn fetch_all(
 struct TargetLayer {
     /// Position in the target image.
     index: usize,
+    /// Its bytes, verified against its DiffID (the self-check compares the rebuild with them).
     bytes: TargetBytes,
-    /// The layer's DiffID, which the delta must rebuild.
-    diff_id: Digest,
 }
 
 /// Where the bytes of a [`TargetLayer`] are.
@@ -414,8 +411,9 @@ enum TargetBytes {
 /// compresses them (see [`gzlayer`]: gzip no longer waits for the delta's
 /// length; it deflates fixed-size blocks on several threads, so the blob's
 /// bytes do not depend on any thread count) and one applies them to the basis
-/// and hashes the result. Both overlap the matching instead of following it,
-/// and a layer's last steps overlap the next layer's encoding.
+/// and compares the result with the verified target bytes. Both overlap the
+/// matching instead of following it, and a layer's last steps overlap the
+/// next layer's encoding.
 fn encode_all(
     dir: &Path,
     (basis_path, source_lens): (&Path, &[u64]),
@@ -425,7 +423,7 @@ fn encode_all(
     progress: &dyn Progress,
 ) -> Result<Vec<LayerBlob>, DeltaError> {
     let basis_file = Arc::new(File::open(basis_path).map_err(DeltaError::io(basis_path))?);
-    let basis = engine::map(&basis_file).map_err(DeltaError::io(basis_path))?;
+    let basis = Arc::new(engine::map(&basis_file).map_err(DeltaError::io(basis_path))?);
     // From here on the basis is reached only through these handles. Unlinked now, its
     // blocks are freed when the last handle goes (after the last layer is matched and
     // checked), beside the last layer's compression instead of after it: freeing the
@@ -440,12 +438,7 @@ fn encode_all(
         progress.event(Event::End { step: Step::Index });
         let basis_tar = engine::parse_basis(&basis);
         let mut finishing = Vec::new();
-        for TargetLayer {
-            index: i,
-            bytes,
-            diff_id,
-        } in targets
-        {
+        for TargetLayer { index: i, bytes } in targets {
             let step = Step::Encode { layer: i };
             let copies = match bytes {
                 TargetBytes::SourceLayer(j) => Some(j),
@@ -455,7 +448,7 @@ fn encode_all(
                 TargetBytes::Fetched(path) => {
                     let file = File::open(&path).map_err(DeltaError::io(&path))?;
                     let map = engine::map(&file).map_err(DeltaError::io(&path))?;
-                    Input::Mapped(map, path)
+                    Input::Mapped(Arc::new(map), path)
                 }
                 TargetBytes::SourceLayer(j) => Input::Copy(layer_range(source_lens, j)),
             };
@@ -478,7 +471,13 @@ fn encode_all(
             let body_path = paths.body.clone();
             let deflating = s.spawn(move || gzlayer::deflate_body(deflate_rx, level, &body_path));
             let basis_file = Arc::clone(&basis_file);
-            let checking = s.spawn(move || self_check(&basis_file, check_rx, i, diff_id));
+            // The rebuild is compared with bytes already verified against this layer's DiffID:
+            // the fetched target layer, or the basis' copy of the source layer it is.
+            let expected = match &input {
+                Input::Mapped(target, _) => (Arc::clone(target), 0..target.len()),
+                Input::Copy(range) => (Arc::clone(&basis), usize_range(range)),
+            };
+            let checking = s.spawn(move || self_check(&basis_file, check_rx, i, expected));
             let encoded = {
                 let mut out = FanOut::new(delta_file, vec![deflate_tx, check_tx]);
                 match &input {
@@ -535,7 +534,7 @@ fn encode_all(
 /// What one layer's delta is encoded from.
 enum Input {
     /// The target layer's bytes, mapped from this work file.
-    Mapped(memmap2::Mmap, PathBuf),
+    Mapped(Arc<memmap2::Mmap>, PathBuf),
     /// This range of the basis (a source layer with the target layer's DiffID).
     Copy(std::ops::Range<u64>),
 }
@@ -564,30 +563,37 @@ struct Streams {
     checked: Result<(), DeltaError>,
 }
 
-/// Applies the delta bytes received on `chunks` to the basis and checks the
-/// result has the target layer's DiffID.
+/// Applies the delta bytes received on `chunks` to the basis and checks that the result is
+/// `expected`: the bytes `range` of a map whose bytes were verified against the target
+/// layer's DiffID when fetched. Comparing costs a memcmp where hashing again cost a sha256.
 fn self_check(
     basis: &File,
     chunks: std::sync::mpsc::Receiver<Arc<[u8]>>,
     i: usize,
-    diff_id: Digest,
+    (map, range): (Arc<memmap2::Mmap>, std::ops::Range<usize>),
 ) -> Result<(), DeltaError> {
+    let expected = map.get(range).unwrap_or_default();
     let mut delta = BufReader::with_capacity(1 << 16, ChannelReader::new(chunks));
-    let mut check = HashWriter::new(std::io::sink());
+    let mut check = CompareWriter::new(expected);
     let patched = bru_rsync::patch(basis, &mut delta, &mut check);
     // Whatever follows the END command (nothing, from our encoder) is read
     // and dropped, so that the encoder is not stopped by a closed channel.
     delta.into_inner().drain();
-    patched.map_err(|source| DeltaError::Patch { index: i, source })?;
-    let (_, rebuilt, _) = check.finish();
-    if rebuilt != diff_id {
-        return Err(DeltaError::RebuiltMismatch {
-            index: i,
-            expected: diff_id,
-            actual: rebuilt,
-        });
+    // A wrong byte is the news; a rebuild cut short by a bad stream is the decoder's error.
+    if let Some(offset) = check.differs_at() {
+        return Err(DeltaError::RebuiltDiffers { index: i, offset });
     }
-    Ok(())
+    patched.map_err(|source| DeltaError::Patch { index: i, source })?;
+    match check.finish() {
+        Some(offset) => Err(DeltaError::RebuiltDiffers { index: i, offset }),
+        None => Ok(()),
+    }
+}
+
+/// `range` as a range of memory offsets (the basis is mapped, so it fits).
+fn usize_range(range: &std::ops::Range<u64>) -> std::ops::Range<usize> {
+    let at = |x: u64| usize::try_from(x).unwrap_or(usize::MAX);
+    at(range.start)..at(range.end)
 }
 
 /// Writes layer `i`'s blob once its delta is encoded, compressed and checked.
@@ -809,5 +815,77 @@ mod tests {
             "{err:?}"
         );
         assert!(err.is_transient());
+    }
+
+    /// Runs the self-check of `stream` against a basis of `basis` bytes, expecting `expected`.
+    fn check(basis: &[u8], stream: &[u8], expected: &[u8]) -> Result<(), DeltaError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("basis"), basis).unwrap();
+        std::fs::write(dir.path().join("target"), expected).unwrap();
+        let basis = File::open(dir.path().join("basis")).unwrap();
+        let target = File::open(dir.path().join("target")).unwrap();
+        let map = Arc::new(engine::map(&target).unwrap());
+        let (tx, rx) = sync_channel(4);
+        for piece in stream.chunks(7) {
+            tx.send(Arc::from(piece)).unwrap();
+        }
+        drop(tx);
+        self_check(&basis, rx, 3, (map, 0..expected.len()))
+    }
+
+    enum Cmd<'a> {
+        Lit(&'a [u8]),
+        Copy(u64, u64),
+    }
+
+    fn stream(cmds: &[Cmd]) -> Vec<u8> {
+        let mut w = bru_rsync::DeltaWriter::new(Vec::new()).unwrap();
+        for cmd in cmds {
+            match cmd {
+                Cmd::Lit(bytes) => w.literal(bytes).unwrap(),
+                Cmd::Copy(at, len) => w.copy(*at, *len).unwrap(),
+            }
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn the_self_check_compares_the_rebuild_with_the_verified_target() {
+        let basis = b"0123456789abcdefghij";
+        let target = b"xx0123456789yy";
+        let good = stream(&[Cmd::Lit(b"xx"), Cmd::Copy(0, 10), Cmd::Lit(b"yy")]);
+        check(basis, &good, target).unwrap();
+
+        // One wrong byte: where it is.
+        let wrong = stream(&[Cmd::Lit(b"xx"), Cmd::Copy(0, 10), Cmd::Lit(b"yz")]);
+        let err = check(basis, &wrong, target).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeltaError::RebuiltDiffers {
+                    index: 3,
+                    offset: 13
+                }
+            ),
+            "{err:?}"
+        );
+        // A rebuild that stops short, and one that goes on.
+        let short = stream(&[Cmd::Lit(b"xx"), Cmd::Copy(0, 10)]);
+        let err = check(basis, &short, target).unwrap_err();
+        assert!(
+            matches!(err, DeltaError::RebuiltDiffers { offset: 12, .. }),
+            "{err:?}"
+        );
+        let long = stream(&[Cmd::Lit(b"xx"), Cmd::Copy(0, 10), Cmd::Lit(b"yy!")]);
+        let err = check(basis, &long, target).unwrap_err();
+        assert!(
+            matches!(err, DeltaError::RebuiltDiffers { offset: 14, .. }),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
+        // A stream cut in the middle is the decoder's error, not a difference.
+        let cut = &good[..good.len() - 3];
+        let err = check(basis, cut, target).unwrap_err();
+        assert!(matches!(err, DeltaError::Patch { index: 3, .. }), "{err:?}");
     }
 }

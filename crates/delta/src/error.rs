@@ -117,6 +117,18 @@ pub enum DeltaError {
         /// sha256 of what the delta rebuilt.
         actual: Digest,
     },
+    /// The self-check's rebuild of a delta layer differs from the target layer's bytes (which
+    /// were verified against its DiffID when fetched).
+    #[error(
+        "rebuilt layer {index} does not match the target: the bytes differ from offset {offset}"
+    )]
+    RebuiltDiffers {
+        /// Layer index.
+        index: usize,
+        /// First byte of the layer where they differ (the target's length if the rebuild is
+        /// shorter).
+        offset: u64,
+    },
     /// Rebuilding stopped at a limit derived from the inputs (see [`crate::limits`]): a gzip
     /// bomb, or COPYs that repeat the basis too often. Nothing beyond the limit was written
     /// and nothing was published. Permanent for these inputs; an explicit

@@ -1,4 +1,4 @@
-//! Writers that hash and count what passes through them.
+//! Writers that hash, count or compare what passes through them.
 
 use std::io::{self, Write};
 
@@ -36,6 +36,65 @@ impl<W: Write> Write for HashWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Compares what is written with `expected`, from its start; keeps the first difference.
+/// A write that differs fails, so that whoever writes stops early.
+pub(crate) struct CompareWriter<'a> {
+    expected: &'a [u8],
+    at: usize,
+    differs_at: Option<u64>,
+}
+
+impl<'a> CompareWriter<'a> {
+    pub(crate) fn new(expected: &'a [u8]) -> Self {
+        CompareWriter {
+            expected,
+            at: 0,
+            differs_at: None,
+        }
+    }
+
+    /// The first offset written that differs from `expected` (or lies past its end).
+    pub(crate) fn differs_at(&self) -> Option<u64> {
+        self.differs_at
+    }
+
+    /// `None` if exactly `expected` was written, else the first offset that differs (the
+    /// length written if it was a prefix of `expected`).
+    pub(crate) fn finish(self) -> Option<u64> {
+        match self.differs_at {
+            Some(at) => Some(at),
+            None if self.at != self.expected.len() => Some(self.at as u64),
+            None => None,
+        }
+    }
+}
+
+impl Write for CompareWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.differs_at.is_none() {
+            let rest = &self.expected[self.at..];
+            let n = buf.len().min(rest.len());
+            // The common case, equal bytes, is one memcmp.
+            if rest[..n] != buf[..n] || n < buf.len() {
+                let same = rest.iter().zip(buf).take_while(|(a, b)| a == b).count();
+                self.differs_at = Some((self.at + same) as u64);
+            }
+        }
+        if self.differs_at.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the rebuilt bytes differ from the expected ones",
+            ));
+        }
+        self.at += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -127,6 +186,29 @@ pub(crate) fn write_on_thread<W: Write + Send, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compare_writer_finds_the_first_difference_or_none() {
+        let expected = b"0123456789";
+        let mut same = CompareWriter::new(expected);
+        same.write_all(b"0123").unwrap();
+        same.write_all(b"456789").unwrap();
+        assert_eq!(same.finish(), None);
+
+        let mut other = CompareWriter::new(expected);
+        other.write_all(b"0123").unwrap();
+        let err = other.write_all(b"45x").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(other.finish(), Some(6));
+
+        let mut short = CompareWriter::new(expected);
+        short.write_all(b"01234").unwrap();
+        assert_eq!(short.finish(), Some(5));
+
+        let mut long = CompareWriter::new(expected);
+        assert!(long.write_all(b"0123456789+").is_err());
+        assert_eq!(long.finish(), Some(10));
+    }
 
     #[test]
     fn write_on_thread_passes_bytes_in_order() {
