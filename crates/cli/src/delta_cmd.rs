@@ -17,8 +17,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub enum DeltaCommand {
     /// Build the v3 delta image that turns SOURCE into TARGET on a balena device.
     ///
-    /// Every delta layer is applied in-process and checked against the target's DiffID
-    /// before anything is written. Prints a JSON description of the delta image.
+    /// Every delta layer is applied in-process and must rebuild the target layer (verified
+    /// against its DiffID) byte for byte, and every compressed layer must inflate to its
+    /// delta, before anything is written. Prints a JSON description of the delta image.
     Create {
         /// The image the device has (oci:DIR[:TAG], docker-archive:FILE, docker://HOST/REPO[:TAG|@DIGEST]).
         #[arg(long, value_name = "IMAGE")]
