@@ -47,7 +47,9 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Model::GoBuffer)]
     read_model: Model,
     /// `thread`: output through a synchronous pipe to a hashing thread (as on a device);
-    /// `inline`: hashed in the applying thread (to measure the hand-off cost).
+    /// `inline`: hashed in the applying thread (to measure the hand-off cost);
+    /// `goroutine`: a pipe to a hashing thread whose ends spin, costing about what Go's
+    /// `io.Pipe` between goroutines costs.
     #[arg(long, value_enum, default_value_t = PipeArg::Thread)]
     pipe: PipeArg,
 }
@@ -56,6 +58,7 @@ struct Args {
 enum PipeArg {
     Thread,
     Inline,
+    Goroutine,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -184,6 +187,7 @@ fn run(args: Args) -> Result<bool> {
     let pipe_model = match args.pipe {
         PipeArg::Thread => PipeModel::Thread,
         PipeArg::Inline => PipeModel::Inline,
+        PipeArg::Goroutine => PipeModel::Goroutine,
     };
     let opts = ApplyOptions::with_read_model(read_model).pipe_model(pipe_model);
     let mut deltas = Vec::new();

@@ -600,12 +600,15 @@ fn agrees_with_bru_rsync_patch() {
     for model in [ReadModel::Direct, ReadModel::GoBuffer] {
         let r = run(&basis, model, &delta);
         assert_eq!(r.diff_id, sha256(&target));
-        let opts = ApplyOptions::with_read_model(model).pipe_model(PipeModel::Inline);
-        let inline = apply_with(&basis, &delta[..], &opts).unwrap();
-        assert_eq!(
-            (inline.diff_id.as_str(), inline.counters),
-            (r.diff_id.as_str(), r.counters)
-        );
+        for pipe in [PipeModel::Inline, PipeModel::Goroutine] {
+            let opts = ApplyOptions::with_read_model(model).pipe_model(pipe);
+            let other = apply_with(&basis, &delta[..], &opts).unwrap();
+            assert_eq!(
+                (other.diff_id.as_str(), other.counters),
+                (r.diff_id.as_str(), r.counters),
+                "{pipe:?}"
+            );
+        }
         let c = r.counters;
         assert_eq!(c.output_bytes, target.len() as u64);
         assert_eq!(c.basis_bytes_read, c.copy_bytes);

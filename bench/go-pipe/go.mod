@@ -1,0 +1,3 @@
+module bru/bench/go-pipe
+
+go 1.19
