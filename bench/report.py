@@ -330,6 +330,8 @@ def device_section(data, plot):
     for r in pairs:
         lines += report_device.pair_lines(r) + [""]
     data["device_read_models"] = models
+    data["device_pipe_models"] = sorted(
+        {(v.get("device") or {}).get("pipe_model") for r in pairs for v in r["device"]["variants"]} - {None})
     return lines
 
 
@@ -392,7 +394,8 @@ def markdown(data, plot=None):
               "times under 1 s are ±20 %."]
     if any(v.get("device") for r in data["pairs"] for v in r["device"]["variants"]):
         lines += report_device.method_lines(data["device_repeat"] or "?",
-                                            ", ".join(data.get("device_read_models") or []) or "go-buffer")
+                                            ", ".join(data.get("device_read_models") or []) or "go-buffer",
+                                            ", ".join(data.get("device_pipe_models") or []) or "goroutine")
         if plot:
             lines.append(f"* **Plot**: `{plot}`, drawn as SVG by `bench/report_device.py` (no plotting library).")
     lines.append("")

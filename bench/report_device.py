@@ -234,13 +234,23 @@ def pair_lines(r):
     return lines
 
 
-def method_lines(repeat, read_models):
+PIPE_TEXT = {
+    "goroutine": "output through a synchronous pipe to a hashing thread whose ends wait by spinning, so "
+                 "that a hand-off costs what Go's `io.Pipe` between goroutines costs (`bench/handoff.sh`)",
+    "thread": "output through a synchronous pipe to a hashing thread, an OS-thread rendezvous (~20× "
+              "librsync-go's cost per command, `bench/patch_cost.sh`)",
+    "inline": "output hashed in the applying thread, no hand-off",
+}
+
+
+def method_lines(repeat, read_models, pipe_models="goroutine"):
     return [
         f"* **Model** (issue 7): `T(b) = download bytes / b + {SLOWDOWN} × apply seconds`, b in MB/s "
         "(10⁶ B/s). *Download bytes*: the gzip'd delta layers above the layers source and target share "
         "(as in the byte tables above; the config blob is left out on both sides). *Apply seconds*: the "
         f"median wall seconds of {repeat} applies on the device-apply emulation (`bench/device-apply`, "
-        f"read model {read_models}, output through a synchronous pipe to a hashing thread), summed over the "
+        f"read model {read_models}, pipe {pipe_models}: "
+        f"{'; '.join(PIPE_TEXT.get(m, m) for m in pipe_models.split(', '))}), summed over the "
         "delta layers; extraction of the source layers is not counted. **Assumption**: a Pi-4-class "
         f"device applies {SLOWDOWN}× slower than this machine (the factor is issue 7's, not measured here; "
         "the emulation's own costs are lower bounds for a device, see `bench/README.md`). The ratio is "

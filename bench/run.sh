@@ -13,6 +13,7 @@
 #   STEP_TIMEOUT  seconds before one of our steps is killed (default 900)
 #   PAIRS         pairs to measure, e.g. "p1 p3" (default: p1 p2 p3, and p4 if the corpus has its tags)
 #   DEVICE_APPLY  use this device-apply binary instead of building one (DEVICE=0: no device measurements)
+#   DEVICE_PIPE   the emulation's pipe model: goroutine (default, Go's hand-off cost), thread or inline
 #   SWEEP=0       build only the deltas for 0.1, 1 and 10 MB/s and --fewest-bytes (no Pareto sweep)
 #   DEVICE_REPEAT applies per delta in the device emulation, median reported (default 3)
 # Needs: rdiff, xdelta3, gzip, python3, GNU time (/usr/bin/time), cargo.
@@ -131,7 +132,8 @@ echo "$device_repeat" >"$res/device_repeat.txt"
 device() {
   local name=$1 seconds=$2; shift 2
   local rc=0
-  timeout "$seconds" "$dev" --workdir "$work/device-$name" --repeat "$device_repeat" "$@" \
+  timeout "$seconds" "$dev" --workdir "$work/device-$name" --repeat "$device_repeat" \
+    --pipe "${DEVICE_PIPE:-goroutine}" "$@" \
     >"$res/$name.device.json" 2>"$res/$name.device.err" || rc=$?
   echo "$rc" >"$res/$name.device.rc"
   rm -rf "$work/device-$name"

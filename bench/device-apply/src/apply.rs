@@ -54,19 +54,21 @@ impl ApplyOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PipeModel {
-    /// As on a device: a synchronous pipe to a consumer thread; every write waits until the
-    /// consumer took the chunk. Here that is an OS-thread rendezvous, dearer than the hand-off
-    /// between goroutines of Go's `io.Pipe`.
-    #[default]
+    /// A synchronous pipe to a consumer thread; every write waits until the consumer took the
+    /// chunk, sleeping in the kernel: an OS-thread rendezvous, ~23 µs per write here, about 20×
+    /// what librsync-go's `Patch` costs per command with Go's `io.Pipe` (`bench/patch_cost.sh`).
+    /// Issue 7's first model, kept for comparison.
     Thread,
-    /// Hashed in the applying thread, no hand-off: the difference to [`PipeModel::Thread`]
-    /// measures the hand-off cost.
+    /// Hashed in the applying thread, no hand-off: the difference to the other models
+    /// measures their hand-off cost.
     Inline,
-    /// A synchronous pipe to a consumer thread that both ends wait on by spinning, never
-    /// sleeping: a hand-off then costs about what one between goroutines of Go's `io.Pipe`
-    /// does (~0.2–0.3 µs here against Go's 0.4–1 µs per write of up to 1 KB, where the
-    /// [`PipeModel::Thread`] rendezvous costs ~23 µs; `bench/go-pipe`). Keeps a second core
-    /// busy, so its CPU seconds include the spinning.
+    /// As on a device: a synchronous pipe to a consumer thread (the layer store's goroutine);
+    /// every write waits until the consumer took the chunk, both ends waiting by spinning, never
+    /// sleeping, so that a hand-off costs about what one between goroutines of Go's `io.Pipe`
+    /// does (0.5–0.6 µs per command in all here against librsync-go's own 1.0–1.3 µs; Go's
+    /// hand-off 0.5–1.1 µs per write of up to 1 KB; `bench/handoff.sh`, `bench/patch_cost.sh`).
+    /// Keeps a second core busy, so its CPU seconds include the spinning.
+    #[default]
     Goroutine,
 }
 

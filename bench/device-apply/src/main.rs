@@ -46,11 +46,11 @@ struct Args {
     /// How basis reads reach the per-layer readers.
     #[arg(long, value_enum, default_value_t = Model::GoBuffer)]
     read_model: Model,
-    /// `thread`: output through a synchronous pipe to a hashing thread (as on a device);
-    /// `inline`: hashed in the applying thread (to measure the hand-off cost);
-    /// `goroutine`: a pipe to a hashing thread whose ends spin, costing about what Go's
-    /// `io.Pipe` between goroutines costs.
-    #[arg(long, value_enum, default_value_t = PipeArg::Thread)]
+    /// `goroutine`: output through a synchronous pipe to a hashing thread whose ends wait by
+    /// spinning, a hand-off costing about what Go's `io.Pipe` between goroutines costs (as on a
+    /// device); `thread`: the same pipe as an OS-thread rendezvous (~20× dearer per command);
+    /// `inline`: hashed in the applying thread (no hand-off).
+    #[arg(long, value_enum, default_value_t = PipeArg::Goroutine)]
     pipe: PipeArg,
 }
 

@@ -600,7 +600,7 @@ fn agrees_with_bru_rsync_patch() {
     for model in [ReadModel::Direct, ReadModel::GoBuffer] {
         let r = run(&basis, model, &delta);
         assert_eq!(r.diff_id, sha256(&target));
-        for pipe in [PipeModel::Inline, PipeModel::Goroutine] {
+        for pipe in [PipeModel::Inline, PipeModel::Thread] {
             let opts = ApplyOptions::with_read_model(model).pipe_model(pipe);
             let other = apply_with(&basis, &delta[..], &opts).unwrap();
             assert_eq!(

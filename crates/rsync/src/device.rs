@@ -112,11 +112,12 @@ impl fmt::Display for Bandwidth {
 /// Largest basis read of librsync-go (the buffer of Go's `io.Copy`).
 pub const DEVICE_READ_BYTES: u64 = 32 << 10;
 
-/// Cost model of a device applying a delta. The time constants are this machine's, measured
-/// with the device-apply emulation of `bench/device-apply` (see `DESIGN.md`): opens and layer
-/// reads from targeted deltas (20,000 COPYs with and without a file open), the per-command and
-/// per-literal-byte costs fitted (least squares, wall time) to the 36 deltas of a quiet
-/// benchmark run; `slowdown` scales them to the device.
+/// Cost model of a device applying a delta. The time constants are this machine's (see
+/// `DESIGN.md`, "Constants"): the per-command cost is librsync-go's own `Patch` writing into Go's
+/// `io.Pipe` (`bench/patch_cost.sh`); opens and layer reads come from targeted deltas (20,000
+/// COPYs with and without a file open) and the per-literal-KiB cost from a fit to 20 corpus
+/// deltas, both on the device-apply emulation with its Go-like pipe; `slowdown` scales them to
+/// the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceCost {
     /// The device's download bandwidth in bytes per second.
@@ -142,10 +143,10 @@ impl DeviceCost {
         DeviceCost {
             bandwidth: bandwidth.bytes_per_second(),
             slowdown: 5,
-            command_ns: 21_000,
-            read_ns: 1_400,
-            open_ns: 7_000,
-            literal_ns_per_kib: 6_500,
+            command_ns: 1_200,
+            read_ns: 300,
+            open_ns: 3_000,
+            literal_ns_per_kib: 2_000,
         }
     }
 
@@ -382,8 +383,8 @@ pub(crate) mod tests {
         assert!((p_fast / p_slow - 100.0).abs() < 1e-9);
         // One file: command + copy + read + open = the cheapest COPY.
         assert!((fast.min_copy_penalty() - p_fast).abs() < 1e-9);
-        // (21 + 1.4 + 7) µs × 5 at 10 MB/s = 1,470 bytes.
-        assert!((p_fast - 1470.0).abs() < 1e-6, "{p_fast}");
+        // (1.2 + 0.3 + 3) µs × 5 at 10 MB/s = 225 bytes.
+        assert!((p_fast - 225.0).abs() < 1e-6, "{p_fast}");
         assert!(fast.literal_penalty(1024) > fast.literal_penalty(0));
     }
 }

@@ -383,11 +383,11 @@ mod tests {
         let bytes_only = Refiner::new(&MatchOptions::default());
         assert_eq!((bytes_only.keep_len, bytes_only.min_copies), (128, 4));
         let (slow, mid, fast) = (refiner("0.1"), refiner("1"), refiner("10"));
-        // 8 × the cheapest COPY's cost (147 bytes at 1 MB/s), rounded up to a power of two,
-        // at most 16 KiB.
+        // 8 × the cheapest COPY's cost (22.5 bytes at 1 MB/s), rounded up to a power of two,
+        // at least 128 B, at most 16 KiB.
         assert_eq!(
             (slow.keep_len, mid.keep_len, fast.keep_len),
-            (128, 2048, 16384)
+            (128, 256, 2048)
         );
         assert_eq!(mid.min_copies, 1);
         assert_eq!(*fast.thresholds.last().unwrap() * 2, fast.keep_len);
