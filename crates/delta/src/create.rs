@@ -423,7 +423,7 @@ fn encode_all(
     progress: &dyn Progress,
 ) -> Result<Vec<LayerBlob>, DeltaError> {
     let basis_file = Arc::new(File::open(basis_path).map_err(DeltaError::io(basis_path))?);
-    let basis = Arc::new(engine::map(&basis_file).map_err(DeltaError::io(basis_path))?);
+    let basis = engine::map(&basis_file).map_err(DeltaError::io(basis_path))?;
     // From here on the basis is reached only through these handles. Unlinked now, its
     // blocks are freed when the last handle goes (after the last layer is matched and
     // checked), beside the last layer's compression instead of after it: freeing the
@@ -448,7 +448,7 @@ fn encode_all(
                 TargetBytes::Fetched(path) => {
                     let file = File::open(&path).map_err(DeltaError::io(&path))?;
                     let map = engine::map(&file).map_err(DeltaError::io(&path))?;
-                    Input::Mapped(Arc::new(map), path)
+                    Input::Mapped(map, path)
                 }
                 TargetBytes::SourceLayer(j) => Input::Copy(layer_range(source_lens, j)),
             };
@@ -473,9 +473,14 @@ fn encode_all(
             let basis_file = Arc::clone(&basis_file);
             // The rebuild is compared with bytes already verified against this layer's DiffID:
             // the fetched target layer, or the basis' copy of the source layer it is.
+            // Read back from the files, not through the maps: page-cache reads do not count
+            // against the build's memory, mapped pages touched again would.
             let expected = match &input {
-                Input::Mapped(target, _) => (Arc::clone(target), 0..target.len()),
-                Input::Copy(range) => (Arc::clone(&basis), usize_range(range)),
+                Input::Mapped(target, path) => {
+                    let file = File::open(path).map_err(DeltaError::io(path))?;
+                    (Arc::new(file), 0..target.len() as u64)
+                }
+                Input::Copy(range) => (Arc::clone(&basis_file), range.clone()),
             };
             let checking = s.spawn(move || self_check(&basis_file, check_rx, i, expected));
             let encoded = {
@@ -534,7 +539,7 @@ fn encode_all(
 /// What one layer's delta is encoded from.
 enum Input {
     /// The target layer's bytes, mapped from this work file.
-    Mapped(Arc<memmap2::Mmap>, PathBuf),
+    Mapped(memmap2::Mmap, PathBuf),
     /// This range of the basis (a source layer with the target layer's DiffID).
     Copy(std::ops::Range<u64>),
 }
@@ -564,17 +569,17 @@ struct Streams {
 }
 
 /// Applies the delta bytes received on `chunks` to the basis and checks that the result is
-/// `expected`: the bytes `range` of a map whose bytes were verified against the target
-/// layer's DiffID when fetched. Comparing costs a memcmp where hashing again cost a sha256.
+/// `expected`: the bytes `range` of a file whose bytes were verified against the target layer's
+/// DiffID when fetched. Comparing costs a read from the page cache where hashing again cost a
+/// sha256.
 fn self_check(
     basis: &File,
     chunks: std::sync::mpsc::Receiver<Arc<[u8]>>,
     i: usize,
-    (map, range): (Arc<memmap2::Mmap>, std::ops::Range<usize>),
+    (file, range): (Arc<File>, std::ops::Range<u64>),
 ) -> Result<(), DeltaError> {
-    let expected = map.get(range).unwrap_or_default();
     let mut delta = BufReader::with_capacity(1 << 16, ChannelReader::new(chunks));
-    let mut check = CompareWriter::new(expected);
+    let mut check = CompareWriter::new(&file, range);
     let patched = bru_rsync::patch(basis, &mut delta, &mut check);
     // Whatever follows the END command (nothing, from our encoder) is read
     // and dropped, so that the encoder is not stopped by a closed channel.
@@ -588,12 +593,6 @@ fn self_check(
         Some(offset) => Err(DeltaError::RebuiltDiffers { index: i, offset }),
         None => Ok(()),
     }
-}
-
-/// `range` as a range of memory offsets (the basis is mapped, so it fits).
-fn usize_range(range: &std::ops::Range<u64>) -> std::ops::Range<usize> {
-    let at = |x: u64| usize::try_from(x).unwrap_or(usize::MAX);
-    at(range.start)..at(range.end)
 }
 
 /// Writes layer `i`'s blob once its delta is encoded, compressed and checked.
@@ -823,14 +822,13 @@ mod tests {
         std::fs::write(dir.path().join("basis"), basis).unwrap();
         std::fs::write(dir.path().join("target"), expected).unwrap();
         let basis = File::open(dir.path().join("basis")).unwrap();
-        let target = File::open(dir.path().join("target")).unwrap();
-        let map = Arc::new(engine::map(&target).unwrap());
+        let target = Arc::new(File::open(dir.path().join("target")).unwrap());
         let (tx, rx) = sync_channel(4);
         for piece in stream.chunks(7) {
             tx.send(Arc::from(piece)).unwrap();
         }
         drop(tx);
-        self_check(&basis, rx, 3, (map, 0..expected.len()))
+        self_check(&basis, rx, 3, (target, 0..expected.len() as u64))
     }
 
     enum Cmd<'a> {

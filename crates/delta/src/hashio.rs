@@ -39,34 +39,44 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-/// Compares what is written with `expected`, from its start; keeps the first difference.
-/// A write that differs fails, so that whoever writes stops early.
+/// Compares what is written with the bytes `range` of a file, from its start, reading them
+/// with `pread` (from the page cache, not through a map); keeps the first difference. A write
+/// that differs fails, so that whoever writes stops early.
 pub(crate) struct CompareWriter<'a> {
-    expected: &'a [u8],
-    at: usize,
+    file: &'a std::fs::File,
+    range: std::ops::Range<u64>,
+    /// Bytes compared so far.
+    at: u64,
+    expected: Vec<u8>,
     differs_at: Option<u64>,
 }
 
 impl<'a> CompareWriter<'a> {
-    pub(crate) fn new(expected: &'a [u8]) -> Self {
+    pub(crate) fn new(file: &'a std::fs::File, range: std::ops::Range<u64>) -> Self {
         CompareWriter {
-            expected,
+            file,
+            range,
             at: 0,
+            expected: Vec::new(),
             differs_at: None,
         }
     }
 
-    /// The first offset written that differs from `expected` (or lies past its end).
+    fn len(&self) -> u64 {
+        self.range.end.saturating_sub(self.range.start)
+    }
+
+    /// The first offset written that differs from the expected bytes (or lies past their end).
     pub(crate) fn differs_at(&self) -> Option<u64> {
         self.differs_at
     }
 
-    /// `None` if exactly `expected` was written, else the first offset that differs (the
-    /// length written if it was a prefix of `expected`).
+    /// `None` if exactly the expected bytes were written, else the first offset that differs
+    /// (the length written if it was a prefix of them).
     pub(crate) fn finish(self) -> Option<u64> {
         match self.differs_at {
             Some(at) => Some(at),
-            None if self.at != self.expected.len() => Some(self.at as u64),
+            None if self.at != self.len() => Some(self.at),
             None => None,
         }
     }
@@ -74,13 +84,20 @@ impl<'a> CompareWriter<'a> {
 
 impl Write for CompareWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
         if self.differs_at.is_none() {
-            let rest = &self.expected[self.at..];
-            let n = buf.len().min(rest.len());
-            // The common case, equal bytes, is one memcmp.
-            if rest[..n] != buf[..n] || n < buf.len() {
-                let same = rest.iter().zip(buf).take_while(|(a, b)| a == b).count();
-                self.differs_at = Some((self.at + same) as u64);
+            let n = (buf.len() as u64).min(self.len() - self.at) as usize;
+            self.expected.resize(n, 0);
+            self.file
+                .read_exact_at(&mut self.expected, self.range.start + self.at)?;
+            if self.expected[..] != buf[..n] || n < buf.len() {
+                let same = self
+                    .expected
+                    .iter()
+                    .zip(buf)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                self.differs_at = Some(self.at + same as u64);
             }
         }
         if self.differs_at.is_some() {
@@ -89,7 +106,7 @@ impl Write for CompareWriter<'_> {
                 "the rebuilt bytes differ from the expected ones",
             ));
         }
-        self.at += buf.len();
+        self.at += buf.len() as u64;
         Ok(buf.len())
     }
 
@@ -189,23 +206,26 @@ mod tests {
 
     #[test]
     fn compare_writer_finds_the_first_difference_or_none() {
-        let expected = b"0123456789";
-        let mut same = CompareWriter::new(expected);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"xx0123456789yy").unwrap();
+        let file = std::fs::File::open(dir.path().join("f")).unwrap();
+        let expected = || 2..12u64;
+        let mut same = CompareWriter::new(&file, expected());
         same.write_all(b"0123").unwrap();
         same.write_all(b"456789").unwrap();
         assert_eq!(same.finish(), None);
 
-        let mut other = CompareWriter::new(expected);
+        let mut other = CompareWriter::new(&file, expected());
         other.write_all(b"0123").unwrap();
         let err = other.write_all(b"45x").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(other.finish(), Some(6));
 
-        let mut short = CompareWriter::new(expected);
+        let mut short = CompareWriter::new(&file, expected());
         short.write_all(b"01234").unwrap();
         assert_eq!(short.finish(), Some(5));
 
-        let mut long = CompareWriter::new(expected);
+        let mut long = CompareWriter::new(&file, expected());
         assert!(long.write_all(b"0123456789+").is_err());
         assert_eq!(long.finish(), Some(10));
     }
