@@ -256,7 +256,9 @@ def method_lines(repeat, read_models, pipe_models="goroutine"):
         "the emulation's own costs are lower bounds for a device, see `bench/README.md`). The ratio is "
         "T of our delta built with `--device-bandwidth b` over T of the balena-engine v3 delta of the same "
         "run; targets ≤ 0.70 at 0.1 MB/s, ≤ 0.90 at 1 MB/s, ≤ 1.00 at 10 MB/s. \"by CPU s\" is the same "
-        "ratio with apply CPU seconds instead of wall seconds (less sensitive to other load).",
+        "ratio with apply CPU seconds instead of wall seconds"
+        + (" (with the goroutine pipe they include both ends' spinning: the targets are judged by wall "
+           "seconds)." if "goroutine" in pipe_models else " (less sensitive to other load)."),
         "* **Inputs of the emulation**: both sides gzip'd, so that both pay the inflate a device pays. "
         "Ours: the delta image's layer blobs from its OCI layout (gzip'd tar whose first entry is the "
         "stream). balena-engine: `v3_baseline.py --workdir`'s raw deltas, gzip'd at level 6 by "
