@@ -46,6 +46,8 @@ fn reports_counters_and_checks_diff_ids() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["read_model"], "go-buffer");
+    // The pipe whose hand-off costs what Go's io.Pipe does is the default.
+    assert_eq!(v["pipe_model"], "goroutine");
     assert_eq!(v["basis"]["files"], 2);
     let d = &v["deltas"][0];
     assert_eq!(d["kind"], "raw");
