@@ -106,11 +106,16 @@ impl<W: Write> BlockDeflater<W> {
         if self.pending.len() >= self.depth {
             self.write_oldest()?;
         }
-        let data = std::mem::replace(&mut self.block, Vec::with_capacity(self.block_len));
         let dict = std::mem::take(&mut self.dict);
-        // With blocks shorter than the window (tests), the dictionary is the last block only:
-        // shorter than it could be, still correct.
-        self.dict = data[data.len() - data.len().min(WINDOW)..].to_vec();
+        let data = if last {
+            std::mem::take(&mut self.block)
+        } else {
+            let data = std::mem::replace(&mut self.block, Vec::with_capacity(self.block_len));
+            // With blocks shorter than the window (tests), the dictionary is the last block
+            // only: shorter than it could be, still correct.
+            self.dict = data[data.len() - data.len().min(WINDOW)..].to_vec();
+            data
+        };
         let (reply, result) = sync_channel(1);
         let job = Job {
             dict,
